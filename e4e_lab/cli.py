@@ -1,0 +1,164 @@
+"""Command line: ``e4e-lab transfer ...`` (also ``python -m e4e_lab``).
+
+Bad input or an unavailable model exits with status 2 and one ``error:`` line on
+stderr (a traceback only with ``--debug``). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from .config import FIT_MODES, INJECTION_MODES, TransferConfig
+from .errors import E4ELabError, TransferCancelled
+
+log = logging.getLogger("e4e_lab")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print usage first)
+        sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _range(name):
+    return dict(nargs=2, type=int, metavar=("START", "END"), dest=name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="e4e-lab", description="Eye-for-an-eye appearance transfer.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    d = TransferConfig()
+    t = sub.add_parser("transfer", help="transfer the appearance of one image onto another",
+                       description="Keep the structure image's shape, take colours from the "
+                       "appearance image by semantic correspondence.")
+    io_ = t.add_argument_group("inputs and outputs")
+    io_.add_argument("--appearance", required=True, metavar="PATH", help="appearance image")
+    io_.add_argument("--structure", required=True, metavar="PATH", help="structure image")
+    io_.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    io_.add_argument("--overwrite", action="store_true",
+                     help="replace a previous run in --out (refused otherwise)")
+    io_.add_argument("--appearance-box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                     help="object box in the appearance image, model-resolution pixels")
+    io_.add_argument("--structure-box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                     help="object box in the structure image, model-resolution pixels")
+    io_.add_argument("--boxes", metavar="JSON", help='boxes file {"file name": [x0, y0, x1, y1]}')
+    io_.add_argument("--mask", choices=("auto", "sam", "box", "none"), default="auto",
+                     help="object masks: SAM-HQ from the boxes, the boxes, or whole images "
+                     "(auto: sam when a checkpoint is found, else box)")
+    io_.add_argument("--sam-checkpoint", metavar="PATH", help="SAM-HQ checkpoint (sam_hq_vit_l.pth)")
+    io_.add_argument("--size", type=int, metavar="PX",
+                     help="model resolution (default: the model's, 512 for SD 1.5)")
+    io_.add_argument("--fit", choices=FIT_MODES, default="stretch",
+                     help="how non-square images reach the model size (default stretch)")
+    m = t.add_argument_group("model")
+    m.add_argument("--model", default="auto",
+                   help="auto (SD 1.5 if available, else tiny), tiny, a hub id or a folder")
+    m.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    m.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
+                   help="default float16 on CUDA, float32 on CPU")
+    m.add_argument("--cache-dir", metavar="DIR", help="models and inversion cache folder")
+    m.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    m.add_argument("--no-freeu", action="store_true", help="turn FreeU off")
+    meth = t.add_argument_group("method")
+    meth.add_argument("--domain", default=d.domain, metavar="WORD",
+                      help='object category for the prompt "A photo of a {domain}"')
+    meth.add_argument("--injection", choices=INJECTION_MODES, default=d.injection)
+    meth.add_argument("--correspondence", choices=("match", "dift"), default=d.correspondence,
+                      help="match features in each layer (default) or use a DIFT field")
+    meth.add_argument("--steps", type=int, default=d.num_steps, help="scheduler steps")
+    meth.add_argument("--skip-steps", type=int, default=d.skip_steps)
+    meth.add_argument("--guidance", type=float, default=d.guidance)
+    meth.add_argument("--inversion-cfg", type=float, default=d.inversion_cfg)
+    meth.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"))
+    meth.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"))
+    meth.add_argument("--no-adain", action="store_true", help="turn masked AdaIN off")
+    meth.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _config(args) -> TransferConfig:
+    return TransferConfig(
+        num_steps=args.steps, skip_steps=args.skip_steps, guidance=args.guidance,
+        inversion_cfg=args.inversion_cfg, domain=args.domain, seed=args.seed,
+        injection=args.injection, correspondence=args.correspondence,
+        feat_range=tuple(args.feat_range), adain_range=tuple(args.adain_range),
+        adain=not args.no_adain, freeu=not args.no_freeu,
+    )
+
+
+def _transfer(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .images import load_boxes
+    from .outputs import save_run
+    from .session import Lab
+
+    config = _config(args)  # validate before loading anything heavy
+    boxes = load_boxes(args.boxes) if args.boxes else None
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    t0 = time.perf_counter()
+    lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
+              use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
+    if lab.is_tiny:
+        print(f"WARNING: {lab.banner}", file=sys.stderr)
+    pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
+                    structure_box=args.structure_box, boxes=boxes, mask=args.mask,
+                    size=args.size, fit=args.fit)
+    bars: dict[str, tqdm] = {}
+
+    def bar(name, total, **kw):
+        if name not in bars:
+            bars[name] = tqdm(total=total, disable=args.quiet, file=sys.stderr, **kw)
+        return bars[name]
+
+    def inv_progress(done, total):
+        b = bar("inv", total, desc="inversion", unit="unet")
+        b.update(done - b.n)
+
+    def step(ev):
+        bar("den", ev.total, desc=f"transfer ({config.injection})", unit="step").update(1)
+
+    try:
+        result = lab.transfer(pair, config, callback=step, inversion_progress=inv_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    paths = save_run(args.out, result, pair, overwrite=args.overwrite,
+                     extra={"wall_s": round(time.perf_counter() - t0, 2)})
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _transfer(args)
+    except TransferCancelled as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
+    except E4ELabError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: say so and how to see more
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); re-run with --debug "
+              "and report the traceback", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

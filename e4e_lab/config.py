@@ -1,0 +1,217 @@
+"""The one configuration object of an appearance transfer.
+
+Defaults follow the published Eye-for-an-eye code (see ``shared/METHOD.md``):
+100 scheduler steps of which the first 32 are skipped, guidance 2.5, feature
+injection on denoising steps [10, 70), masked AdaIN on [50, 100), a structure
+refresh every 5th step below 40, inversion with CFG 3.5.
+
+Step indices ``i`` count the denoising steps from 0 (so with 100 steps and 32
+skipped, ``i`` runs over 0..67). Ranges are half-open ``[start, end)`` and may
+reach up to ``num_steps`` (an end past the last denoising step means "to the
+end"), as in the reference's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+INJECTION_MODES = ("feature", "v", "kv", "cross-image", "none")
+CORRESPONDENCE_SOURCES = ("match", "dift")
+FIT_MODES = ("stretch", "center-crop", "pad")
+
+Injection = Literal["feature", "v", "kv", "cross-image", "none"]
+
+
+@dataclass(frozen=True)
+class FreeUConfig:
+    """diffusers' FreeU factors (``UNet2DConditionModel.enable_freeu``)."""
+
+    s1: float = 0.9
+    s2: float = 0.2
+    b1: float = 1.2
+    b2: float = 1.4
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """What determines an inversion (and therefore its cache key)."""
+
+    num_steps: int = 100
+    cfg_scale: float = 3.5
+    prompt_template: str = "A photo of a {domain}"
+    domain: str = "object"
+    seed: int = 0
+    freeu: bool = True
+
+    def __post_init__(self):
+        _check_int("num_steps", self.num_steps, 1, 1000)
+        _check_float("cfg_scale", self.cfg_scale, 0.0, 100.0)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.domain, str) or not self.domain.strip():
+            raise ConfigError("domain", self.domain, "a non-empty word such as 'bird'")
+        if not isinstance(self.prompt_template, str) or "{domain}" not in self.prompt_template:
+            raise ConfigError(
+                "prompt_template", self.prompt_template, "a string containing '{domain}'"
+            )
+
+    @property
+    def prompt(self) -> str:
+        return self.prompt_template.format(domain=self.domain.strip())
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Every knob of one appearance transfer, validated on construction."""
+
+    # inversion (shared by both images)
+    num_steps: int = 100
+    inversion_cfg: float = 3.5
+    prompt_template: str = "A photo of a {domain}"
+    domain: str = "object"
+    seed: int = 0
+    freeu: bool = True
+    # denoising
+    skip_steps: int = 32
+    guidance: float = 2.5
+    injection: Injection = "feature"
+    correspondence: Literal["match", "dift"] = "match"
+    feat_range: tuple[int, int] = (10, 70)
+    adain: bool = True
+    adain_range: tuple[int, int] = (50, 100)
+    refresh_every: int = 5
+    refresh_until: int = 40
+    # Cross-Image Attention baseline (injection="cross-image")
+    cross_image_contrast: float = 1.67
+    cross_image_guidance: tuple[float, float] = (3.5, 1.75)
+    cross_image_adain_start: int = 20
+    # DIFT correspondence source (correspondence="dift")
+    dift_timestep: int = 261
+    dift_block: int = 1
+    dift_ensemble: int = 8
+    # recording, for the viewers (costly: explicit attention weights)
+    record_matches: bool = False
+    record_attention_layers: tuple[str, ...] = ()
+    record_attention_steps: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        # tuples survive JSON round trips as lists: normalise them
+        for name in ("feat_range", "adain_range", "cross_image_guidance",
+                     "record_attention_layers", "record_attention_steps"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self.inversion  # validates the inversion fields
+        _check_int("skip_steps", self.skip_steps, 0, self.num_steps - 1,
+                   hint=f"skip_steps must leave at least one of the {self.num_steps} steps")
+        _check_float("guidance", self.guidance, 0.0, 100.0)
+        if self.injection not in INJECTION_MODES:
+            raise ConfigError("injection", self.injection, f"one of {', '.join(INJECTION_MODES)}")
+        if self.correspondence not in CORRESPONDENCE_SOURCES:
+            raise ConfigError("correspondence", self.correspondence,
+                              f"one of {', '.join(CORRESPONDENCE_SOURCES)}")
+        for name in ("feat_range", "adain_range"):
+            _check_range(name, getattr(self, name), self.num_steps)
+        _check_int("refresh_every", self.refresh_every, 0, self.num_steps,
+                   hint="0 turns the structure refresh off")
+        _check_int("refresh_until", self.refresh_until, 0, self.num_steps)
+        _check_float("cross_image_contrast", self.cross_image_contrast, 0.0, 100.0)
+        g = self.cross_image_guidance
+        if not (isinstance(g, tuple) and len(g) == 2):
+            raise ConfigError("cross_image_guidance", g, "a pair (start, end) of scales >= 0")
+        for v in g:
+            _check_float("cross_image_guidance", v, 0.0, 100.0)
+        _check_int("cross_image_adain_start", self.cross_image_adain_start, 0, self.num_steps)
+        _check_int("dift_timestep", self.dift_timestep, 0, 999)
+        _check_int("dift_block", self.dift_block, 0, 16)
+        _check_int("dift_ensemble", self.dift_ensemble, 1, 256)
+        for s in self.record_attention_steps:
+            _check_int("record_attention_steps", s, 0, self.num_steps)
+
+    # -- derived views -------------------------------------------------------
+    @property
+    def inversion(self) -> InversionConfig:
+        return InversionConfig(
+            num_steps=self.num_steps, cfg_scale=self.inversion_cfg,
+            prompt_template=self.prompt_template, domain=self.domain, seed=self.seed,
+            freeu=self.freeu,
+        )
+
+    @property
+    def denoising_steps(self) -> int:
+        return self.num_steps - self.skip_steps
+
+    def injects_at(self, i: int) -> bool:
+        """Whether denoising step ``i`` rearranges features (or attends across images)."""
+        if self.injection == "none":
+            return False
+        return self.feat_range[0] <= i < self.feat_range[1]
+
+    def refreshes_at(self, i: int) -> bool:
+        """Whether step ``i`` takes the structure's features instead of matched ones."""
+        return (self.injects_at(i) and self.refresh_every > 0 and i % self.refresh_every == 0
+                and i < self.refresh_until)
+
+    def adain_at(self, i: int) -> bool:
+        if not self.adain:
+            return False
+        if self.injection == "cross-image":
+            return i >= self.cross_image_adain_start
+        return self.adain_range[0] <= i < self.adain_range[1]
+
+    def guidance_at(self, i: int) -> float:
+        """Guidance scale at step ``i`` (linear decay for the Cross-Image baseline)."""
+        if self.injection != "cross-image":
+            return self.guidance
+        start, end = self.cross_image_guidance
+        n = max(self.denoising_steps - 1, 1)
+        return start + (end - start) * min(i, n) / n
+
+    # -- serialisation -------------------------------------------------------
+    def replace(self, **changes: Any) -> "TransferConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TransferConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("config", type(data).__name__, "a JSON object of config fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], data[unknown[0]],
+                              f"unknown field; known fields are {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name, value, lo, hi, hint: str = ""):
+    if not _is_int(value) or not lo <= value <= hi:
+        raise ConfigError(name, value, hint or f"an integer in [{lo}, {hi}]")
+
+
+def _check_float(name, value, lo, hi):
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and value == value and lo <= value <= hi)
+    if not ok:
+        raise ConfigError(name, value, f"a number in [{lo}, {hi}]")
+
+
+def _check_range(name, value, num_steps):
+    ok = (isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) for v in value)
+          and 0 <= value[0] <= value[1] <= num_steps)
+    if not ok:
+        raise ConfigError(name, value,
+                          f"a pair (start, end) of integers with 0 <= start <= end <= {num_steps}")

@@ -1,0 +1,96 @@
+"""DIFT-style diffusion features (Tang et al., "Emergent Correspondence from Image
+Diffusion"): noise the image latent to timestep ``t``, run the UNet, and keep the
+output of one decoder up-block, averaged over an ensemble of noise draws.
+
+The UNet forward is stopped right after the needed block by a forward hook (the
+blocks after it are never run). DIFT's own settings are SD 2.1, t = 261, up-block 1
+and 8 draws; any SD UNet can serve, and SD 1.5 is the memory-cheap default here
+because it is already loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..correspondence import CorrespondenceField, normalize_rows
+from ..images import LoadedImage
+from ..latents import encode
+from .loading import Models, freeu
+
+
+class _Stop(Exception):
+    def __init__(self, output):
+        self.output = output
+
+
+@dataclass
+class DiftFeatures:
+    """(C, h, w) float32 features of one image, with unit-normalised rows for lookups."""
+
+    features: torch.Tensor
+    timestep: int
+    block: int
+    ensemble: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.features.shape[1:])
+
+    def normalized(self) -> torch.Tensor:
+        """(h*w, C) unit rows: a click's heatmap is one matrix-vector product."""
+        c = self.features.shape[0]
+        return normalize_rows(self.features.reshape(c, -1).T)[0]
+
+
+@torch.no_grad()
+def up_block_features(models: Models, latents: torch.Tensor, t: int, block: int,
+                      text_emb: torch.Tensor) -> torch.Tensor:
+    """Output of ``unet.up_blocks[block]`` for (B, 4, h, w) noisy latents at timestep t."""
+    unet = models.unet
+    if not 0 <= block < len(unet.up_blocks):
+        raise ValueError(f"DIFT block index {block} is out of range: this UNet has "
+                         f"{len(unet.up_blocks)} up-blocks (0..{len(unet.up_blocks) - 1})")
+
+    def stop(_module, _inputs, output):
+        raise _Stop(output)
+
+    handle = unet.up_blocks[block].register_forward_hook(stop)
+    try:
+        with freeu(unet, None):
+            unet(latents.to(models.dtype), torch.tensor(t, device=models.device),
+                 encoder_hidden_states=text_emb.expand(len(latents), -1, -1))
+    except _Stop as done:
+        return done.output.float()
+    finally:
+        handle.remove()
+    raise RuntimeError("the UNet finished without reaching the hooked up-block")
+
+
+@torch.no_grad()
+def dift_features(models: Models, image: LoadedImage, timestep: int = 261, block: int = 1,
+                  ensemble: int = 8, prompt: str = "", seed: int = 0,
+                  batch_size: int = 8) -> DiftFeatures:
+    """DIFT features of one image (prompt "" or e.g. "a photo of a bird")."""
+    x0 = encode(models, [image])
+    gen = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((ensemble,) + tuple(x0.shape[1:]), generator=gen).to(models.device)
+    a = models.scheduler.alphas_cumprod[timestep].to(models.device, torch.float32)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    emb, _ = models.pipe.encode_prompt(prompt, models.device, 1, False)
+    total = None
+    for chunk in noisy.split(batch_size):
+        feats = up_block_features(models, chunk, timestep, block, emb).sum(0)
+        total = feats if total is None else total + feats
+    return DiftFeatures((total / ensemble).cpu(), timestep, block, ensemble)
+
+
+def dift_field(models: Models, target: LoadedImage, reference: LoadedImage,
+               target_mask: torch.Tensor | None = None, ref_mask: torch.Tensor | None = None,
+               timestep: int = 261, block: int = 1, ensemble: int = 8, prompt: str = "",
+               seed: int = 0) -> CorrespondenceField:
+    """Target -> reference correspondence from DIFT features, restricted to the masks."""
+    ft = dift_features(models, target, timestep, block, ensemble, prompt, seed)
+    fr = dift_features(models, reference, timestep, block, ensemble, prompt, seed)
+    return CorrespondenceField.from_features(ft.features, fr.features, target_mask, ref_mask)

@@ -1,0 +1,223 @@
+"""Stage 0: loading the Stable Diffusion pipeline (real weights or the tiny model).
+
+``load_pipeline(model)`` takes:
+
+- ``"tiny"``: the offline tiny model (random weights, images not meaningful);
+- ``"auto"``: the real SD 1.5 if it can be had (local Hugging Face cache first, then
+  the hub when reachable), else the tiny model with a loud warning;
+- a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5`` is the default real model);
+- a local folder written by ``save_pretrained``.
+
+The scheduler is always replaced by a DDIM scheduler built from the model's own
+scheduler config. fp16 on CUDA, fp32 elsewhere, unless ``dtype`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ..config import FreeUConfig
+from ..errors import ModelUnavailableError
+from .tiny import is_tiny_folder, tiny_model_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_WARNING = ("e4e-lab is using the TINY OFFLINE MODEL with random weights: "
+                "images are not meaningful. Load real Stable Diffusion weights for real results.")
+
+
+@dataclass
+class Models:
+    """A loaded pipeline plus what the stages need to know about it."""
+
+    pipe: "object"  # diffusers.StableDiffusionPipeline
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    is_tiny: bool
+    fingerprint: str
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes must be multiples of this (VAE factor x UNet downsampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def banner(self) -> str | None:
+        """The warning every UI shows while the tiny model is in use (else None)."""
+        return TINY_WARNING if self.is_tiny else None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """A bounded probe: can a TCP connection to the hub endpoint be opened?"""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _fingerprint(model_id: str, pipe) -> str:
+    h = hashlib.sha256(model_id.encode())
+    h.update(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
+    h.update(json.dumps(dict(pipe.vae.config), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, local_files_only: bool):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            # newer diffusers prefer `dtype=`; `torch_dtype=` works on every version we support
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False, local_files_only=local_files_only,
+            )
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def load_pipeline(model: str = "auto", device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None, local_files_only: bool | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> Models:
+    """Load a Stable Diffusion pipeline ready for the stages.
+
+    Raises :class:`ModelUnavailableError` naming what was looked for and how to fix it.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    if model == "tiny":
+        return _finish(_from_pretrained(str(tiny_model_path(cache_dir)), dtype, True),
+                       "tiny", device, dtype, True)
+    if model == "auto":
+        try:
+            models = _load_real(DEFAULT_MODEL, device, dtype, local_files_only=True)
+            return models
+        except ModelUnavailableError:
+            pass
+        if not _offline() and local_files_only is not True and _hub_reachable():
+            try:
+                return _load_real(DEFAULT_MODEL, device, dtype, local_files_only=False)
+            except ModelUnavailableError as exc:
+                log.warning("could not download %s (%s)", DEFAULT_MODEL, exc)
+        log.warning(TINY_WARNING)
+        return load_pipeline("tiny", device, dtype, cache_dir=cache_dir)
+    return _load_real(model, device, dtype,
+                      local_files_only=bool(local_files_only) or _offline())
+
+
+def _load_real(model: str, device, dtype, local_files_only: bool) -> Models:
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "model_index.json").exists():
+            raise ModelUnavailableError(
+                f"model folder '{path}' has no model_index.json: give a folder written by "
+                "diffusers' save_pretrained, a hub id, or --model tiny")
+        source, local = str(path), True
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelUnavailableError(
+            f"model folder '{path}' does not exist: check the path, or use --model tiny")
+    else:
+        source, local = model, local_files_only
+    try:
+        pipe = _from_pretrained(source, dtype, local)
+    except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError...
+        where = "in the local Hugging Face cache" if local else "on the hub"
+        raise ModelUnavailableError(
+            f"model '{model}' could not be loaded {where} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Download it on a machine with "
+            f"network with `huggingface-cli download {model}` (or point --model at a local "
+            "folder), or use --model tiny for the offline test model") from None
+    return _finish(pipe, model, device, dtype, is_tiny_folder(source) if local else False)
+
+
+def _finish(pipe, model_id: str, device, dtype, is_tiny: bool) -> Models:
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval().requires_grad_(False)
+    if is_tiny:
+        log.warning(TINY_WARNING)
+    return Models(pipe=pipe, model_id=model_id, device=torch.device(device), dtype=dtype,
+                  is_tiny=is_tiny, fingerprint=_fingerprint(model_id, pipe))
+
+
+@contextlib.contextmanager
+def freeu(unet, config: FreeUConfig | None):
+    """Enable diffusers' FreeU on ``unet`` for the duration of the block (None: off).
+
+    diffusers picks the scaled decoder blocks by index: up-block 0 gets ``b1``/``s1`` and
+    up-block 1 gets ``b2``/``s2``. The published Eye-for-an-eye code (like FreeU's own)
+    picks them by channel count: every 1280-channel decoder input (SD 1.5's up-blocks 0
+    and 1) gets ``b1`` and the 640-channel one (up-block 2) gets ``b2``. We keep
+    diffusers' built-in version rather than re-writing the UNet, so on SD 1.5 our
+    up-block 1 is scaled by ``b2`` where the reference uses ``b1``, and up-block 2 is
+    not scaled.
+    """
+    if config is None:
+        unet.disable_freeu()
+        yield
+        return
+    unet.enable_freeu(s1=config.s1, s2=config.s2, b1=config.b1, b2=config.b2)
+    try:
+        yield
+    finally:
+        unet.disable_freeu()

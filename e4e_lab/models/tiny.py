@@ -1,0 +1,160 @@
+"""A tiny Stable-Diffusion-shaped pipeline with seeded random weights, built offline.
+
+It has SD 1.5's structure (3 CrossAttnDownBlock2D + DownBlock2D, UpBlock2D + 3
+CrossAttnUpBlock2D, two resnets per block so three decoder self-attention layers
+per resolution, an 8x VAE, a CLIP text encoder and SD 1.5's DDIM schedule), but
+narrow layers and random weights: its images are NOT meaningful. It exists so the
+whole suite can be learnt, tested and demonstrated on a CPU with no downloads.
+
+It is built once into a cache folder with ``save_pretrained`` and then loaded with
+the same ``from_pretrained`` path as a real model. The tokenizer is a real CLIP BPE
+tokenizer made from the ``bpe_simple_vocab_16e6.txt.gz`` that the PyPI package
+``clip-anytorch`` ships (located through importlib, never imported).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TINY_VERSION = "tiny-sd-v1"
+TINY_SEED = 20240611
+#: SD 1.5's scheduler configuration (DDIM, scaled-linear betas, "leading" spacing).
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    timestep_spacing="leading",
+)
+_VOCAB_SIZE = 49408
+
+
+def cache_root() -> Path:
+    """Root of e4e-lab's caches: ``$E4E_LAB_CACHE`` or ``$XDG_CACHE_HOME/e4e-lab``."""
+    env = os.environ.get("E4E_LAB_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "e4e-lab"
+
+
+def clip_bpe_path() -> Path:
+    """The CLIP BPE merges file shipped by the ``clip-anytorch`` package."""
+    from ..errors import ModelUnavailableError
+
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            "the tiny model's tokenizer needs the vocabulary shipped by the PyPI package "
+            "'clip-anytorch': pip install clip-anytorch")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "bpe_simple_vocab_16e6.txt.gz"
+        if path.exists():
+            return path
+    raise ModelUnavailableError("package 'clip' is installed but has no "
+                                "bpe_simple_vocab_16e6.txt.gz: pip install clip-anytorch")
+
+
+def _byte_alphabet() -> list[str]:
+    """CLIP's byte-level alphabet, in vocabulary order.
+
+    Printable bytes stand for themselves and come first, in byte order; the other
+    bytes follow, mapped to code points from 256 upwards.
+    """
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+                 + list(range(ord("\u00ae"), ord("\u00ff") + 1)))
+    rest = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(rest))]
+
+
+def write_clip_tokenizer_files(folder: Path) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` of the CLIP BPE tokenizer into ``folder``."""
+    with gzip.open(clip_bpe_path(), "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    # line 0 is a version header; CLIP uses the first 48894 merges
+    merges = lines[1:1 + _VOCAB_SIZE - 256 * 2 - 2]
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    tokens += ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}),
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
+                                       encoding="utf-8")
+
+
+def _build(folder: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(TINY_SEED)
+    text_dim = 64
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(32, 64, 96, 96), layers_per_block=2, norm_num_groups=8,
+        cross_attention_dim=text_dim, attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
+        sample_size=128,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=_VOCAB_SIZE, hidden_size=text_dim, intermediate_size=2 * text_dim,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+        projection_dim=text_dim,
+    ))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "E4E_TINY_MODEL.txt").write_text(
+        "Tiny Stable-Diffusion-shaped model with seeded RANDOM weights, built offline by "
+        "e4e-lab for tests and demos. Its images are not meaningful.\n", encoding="utf-8")
+
+
+def tiny_model_path(root: Path | None = None) -> Path:
+    """Folder of the tiny pipeline, built on first use (safe across processes)."""
+    from filelock import FileLock
+
+    root = Path(root) if root is not None else cache_root()
+    folder = root / "models" / TINY_VERSION
+    marker = folder / "E4E_TINY_MODEL.txt"
+    if marker.exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if marker.exists():
+            return folder
+        log.info("building the tiny offline model into %s", folder)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+        try:
+            _build(staging)
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def is_tiny_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "E4E_TINY_MODEL.txt").exists()

@@ -1,0 +1,83 @@
+"""Stage 5 on disk: writing a run's images, strip and config without losing old runs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from . import __version__
+from .cache import atomic_write_bytes, atomic_write_text
+from .errors import E4ELabError
+from .images import to_uint8
+
+RUN_FILES = ("result.png", "appearance_recon.png", "structure_recon.png", "strip.png",
+             "config.json")
+
+
+class OutputExistsError(E4ELabError, FileExistsError):
+    """The output folder already holds a run."""
+
+
+TINY_STAMP = "TINY RANDOM-WEIGHT MODEL: images are not meaningful"
+
+
+def png_bytes(pixels, stamp: str | None = None) -> bytes:
+    """PNG of a (3, H, W) image; ``stamp`` adds a red banner with that text on top."""
+    img = Image.fromarray(to_uint8(pixels))
+    if stamp:
+        from PIL import ImageDraw
+
+        band = max(12, img.height // 12)
+        canvas = Image.new("RGB", (img.width, img.height + band), (200, 0, 0))
+        canvas.paste(img, (0, band))
+        ImageDraw.Draw(canvas).text((4, max(0, band // 2 - 6)), stamp, fill=(255, 255, 255))
+        img = canvas
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_run(out_dir: str | Path, result, pair, extra: dict | None = None,
+             overwrite: bool = False) -> dict[str, Path]:
+    """Write the five run files into ``out_dir``; refuse to replace another run's files
+    unless ``overwrite``. Returns the written paths by name."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output '{out}' exists and is not a folder: choose another --out")
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"output folder '{out}' already holds a run ({existing[0]}): "
+                                "choose another --out, or pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    images = {
+        "result.png": result.image,
+        "appearance_recon.png": result.appearance_recon,
+        "structure_recon.png": result.structure_recon,
+        "strip.png": result.strip(pair.structure.pixels, pair.appearance.pixels),
+    }
+    paths = {}
+    for name, px in images.items():
+        paths[name] = out / name
+        stamp = TINY_STAMP if (result.is_tiny and name == "strip.png") else None
+        atomic_write_bytes(paths[name], png_bytes(px, stamp))
+    meta = {
+        "e4e_lab_version": __version__,
+        "model": result.model_id,
+        "tiny_model": result.is_tiny,
+        "note": ("TINY OFFLINE MODEL with random weights: images are not meaningful"
+                 if result.is_tiny else None),
+        "appearance": pair.appearance.source or pair.appearance.name,
+        "structure": pair.structure.source or pair.structure.name,
+        "appearance_box": pair.appearance_box, "structure_box": pair.structure_box,
+        "mask": pair.mask_mode, "size": list(pair.size), "fit": pair.structure.fit,
+        "injected_layers": result.layers,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "config": result.config.to_dict(),
+        **(extra or {}),
+    }
+    paths["config.json"] = out / "config.json"
+    atomic_write_text(paths["config.json"], json.dumps(meta, indent=2))
+    return paths

@@ -1,0 +1,194 @@
+"""A small session object for notebooks and the CLI.
+
+``Lab`` holds the loaded models and the caches and exposes the stages one at a time,
+so a notebook can load a pair, invert it once, and re-run the transfer many times::
+
+    lab = Lab(model="auto")                 # real SD 1.5 if available, else tiny
+    pair = lab.pair("app.png", "struct.png", appearance_box=[...], structure_box=[...])
+    result = lab.transfer(pair, TransferConfig(domain="bird", injection="v"))
+
+Nothing is global: two ``Lab`` objects never share state except the on-disk cache,
+which is safe to share.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .cache import TensorCache
+from .config import TransferConfig
+from .correspondence import CorrespondenceField
+from .errors import ConfigError, MaskError
+from .images import (Box, ImageLike, LoadedImage, as_mask, box_mask, full_mask, load_image,
+                     lookup_box, parse_box, require_nonempty, scale_boxes)
+from .inversion import InversionResult, invert
+from .models.loading import Models, load_pipeline
+from .models.tiny import cache_root
+from .transfer import StepEvent, TransferResult, run_transfer
+
+log = logging.getLogger(__name__)
+
+MASK_MODES = ("auto", "sam", "box", "none")
+
+
+@dataclass
+class Pair:
+    """An appearance/structure pair at model resolution with its boxes and masks."""
+
+    appearance: LoadedImage
+    structure: LoadedImage
+    appearance_box: Box | None
+    structure_box: Box | None
+    appearance_mask: torch.Tensor  # (H, W) 0/1
+    structure_mask: torch.Tensor
+    mask_mode: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.structure.size
+
+
+class Lab:
+    """Models + caches + the stages, for one user session."""
+
+    def __init__(self, model: str = "auto", device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
+                 use_disk_cache: bool = True, sam=None, sam_checkpoint: str | None = None,
+                 models: Models | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+        self.models = models or load_pipeline(model, device=device, dtype=dtype,
+                                              cache_dir=self.cache_dir)
+        self.disk_cache = TensorCache(self.cache_dir, "inversions") if use_disk_cache else None
+        self._inversions: dict[str, InversionResult] = {}
+        self._sam = sam
+        self.sam_checkpoint = sam_checkpoint
+
+    # ---------------------------------------------------------------- info --
+    @property
+    def is_tiny(self) -> bool:
+        return self.models.is_tiny
+
+    @property
+    def banner(self) -> str | None:
+        return self.models.banner
+
+    def check_size(self, size: int | None) -> int:
+        size = self.models.default_size if size is None else size
+        m = self.models.size_multiple
+        if isinstance(size, bool) or not isinstance(size, int) or size < m or size % m:
+            raise ConfigError("size", size, f"a positive multiple of {m} for this model "
+                              f"(default {self.models.default_size})")
+        return size
+
+    # -------------------------------------------------------------- stage 1 --
+    def load_image(self, source: ImageLike, size: int | None = None, fit: str = "stretch",
+                   name: str | None = None) -> LoadedImage:
+        return load_image(source, self.check_size(size), fit=fit, name=name)
+
+    def sam(self):
+        """The SAM-HQ masker (loaded on first use)."""
+        if self._sam is None:
+            from .models.sam import SamMasker
+
+            self._sam = SamMasker.load(self.sam_checkpoint, device=self.models.device)
+        return self._sam
+
+    def sam_available(self) -> bool:
+        from .models.sam import find_checkpoint
+
+        return self._sam is not None or find_checkpoint(self.sam_checkpoint) is not None
+
+    def mask(self, image: LoadedImage, box: Box | None, mode: str = "auto") -> torch.Tensor:
+        """Object mask of an image: SAM-HQ from the box, the box itself, or everything."""
+        if mode not in MASK_MODES:
+            raise ConfigError("mask", mode, f"one of {', '.join(MASK_MODES)}")
+        if mode == "auto":
+            mode = "sam" if (box is not None and self.sam_available()) else "box"
+            if box is not None and mode == "box":
+                log.warning("no SAM-HQ checkpoint found: using the box of '%s' as its mask "
+                            "(pass sam_checkpoint / --sam-checkpoint for object masks)",
+                            image.name)
+        if mode == "none" or box is None:
+            return full_mask(image.size)
+        if mode == "box":
+            return box_mask(box, image.size)
+        mask = self.sam().mask(image, box)
+        if mask.sum() == 0:
+            raise MaskError(f"SAM-HQ returned an empty mask for '{image.name}' in box {list(box)}: "
+                            "adjust the box, add a positive click, or use --mask box")
+        return mask
+
+    def pair(self, appearance: ImageLike | LoadedImage, structure: ImageLike | LoadedImage,
+             appearance_box=None, structure_box=None, boxes: dict | None = None,
+             mask: str = "auto", size: int | None = None, fit: str = "stretch",
+             appearance_mask=None, structure_mask=None) -> Pair:
+        """Load both images, resolve their boxes (given, or looked up by file name in
+        ``boxes``) and compute their masks (or validate given ones)."""
+        imgs = []
+        for src in (appearance, structure):
+            imgs.append(src if isinstance(src, LoadedImage) else self.load_image(src, size, fit))
+        app, struct = imgs
+        if app.size != struct.size:
+            raise ConfigError("size", (app.size, struct.size),
+                              "both images must have the same model resolution")
+        boxes = scale_boxes(boxes, struct.size) if boxes else None
+        resolved, masks = [], []
+        for img, box, given, role in ((app, appearance_box, appearance_mask, "appearance"),
+                                      (struct, structure_box, structure_mask, "structure")):
+            if box is None and boxes:
+                box = lookup_box(boxes, img.name)
+            b = None if box is None else parse_box(box, img.size, f"{role} box")
+            resolved.append(b)
+            if given is not None:
+                m = as_mask(given, img.size, f"{role} mask")
+            else:
+                m = self.mask(img, b, mask)
+            require_nonempty(m, f"the {role} mask")
+            masks.append(m)
+        return Pair(app, struct, resolved[0], resolved[1], masks[0], masks[1], mask)
+
+    # -------------------------------------------------------------- stage 2 --
+    def invert(self, images: list[LoadedImage], config: TransferConfig,
+               progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
+        """Inversions of ``images`` (memory cache, then disk cache, then computed together)."""
+        from .cache import key_of
+        from .inversion import cache_spec
+
+        inv_cfg = config.inversion
+        keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]
+        missing = [im for im, k in zip(images, keys) if k not in self._inversions]
+        if missing:
+            for res in invert(self.models, missing, inv_cfg, cache=self.disk_cache,
+                              progress=progress):
+                self._inversions[res.key] = res
+        return [self._inversions[k] for k in keys]
+
+    def forget_inversions(self) -> None:
+        self._inversions.clear()
+
+    # -------------------------------------------------------------- stage 4 --
+    def dift_field(self, pair: Pair, config: TransferConfig) -> CorrespondenceField:
+        from .models.dift import dift_field
+
+        return dift_field(self.models, pair.structure, pair.appearance, pair.structure_mask,
+                          pair.appearance_mask, timestep=config.dift_timestep,
+                          block=config.dift_block, ensemble=config.dift_ensemble,
+                          prompt=config.inversion.prompt, seed=config.seed)
+
+    def transfer(self, pair: Pair, config: TransferConfig,
+                 callback: Callable[[StepEvent], None] | None = None, cancel=None,
+                 inversion_progress: Callable[[int, int], None] | None = None,
+                 recorder=None) -> TransferResult:
+        """Invert (cached) and run the transfer; returns a :class:`TransferResult`."""
+        app_inv, struct_inv = self.invert([pair.appearance, pair.structure], config,
+                                          progress=inversion_progress)
+        field = self.dift_field(pair, config) if config.correspondence == "dift" else None
+        return run_transfer(self.models, app_inv, struct_inv, pair.appearance_mask,
+                            pair.structure_mask, config, callback=callback, cancel=cancel,
+                            dift_field=field, recorder=recorder)

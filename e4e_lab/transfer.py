@@ -1,0 +1,190 @@
+"""Stages 3-5: initialisation, denoising with rearranged features, decoding.
+
+Batch per step (see METHOD.md 4e): with guidance ``g > 1``
+``[output-plain, output-injected, appearance, structure]``, else
+``[output, appearance, structure]``. The appearance and structure rows follow their
+stored inversion trajectories exactly; their UNet passes exist only to provide
+features to the injected layers. The output takes
+
+    eps = eps_plain + g * (eps_injected - eps_plain)      (g > 1)
+    eps = eps_injected                                    (g <= 1: one pass only)
+
+where the plain pass is unconditional and un-injected (text and "swap" guidance in
+one). The DDPM step reuses the structure's noise maps; masked AdaIN follows on the
+AdaIN steps. Per-step events go to an optional callback and a ``threading.Event``
+cancels the run between steps; the UNet's processors are restored whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import schedule
+from .adain import masked_adain
+from .attention import BatchLayout, InjectionState, RunRecorder, injected_layers, injection, layer_level
+from .config import FreeUConfig, TransferConfig
+from .correspondence import CorrespondenceField
+from .errors import DeviceOutOfMemoryError, MaskError, NumericalError, TransferCancelled
+from .images import mask_at
+from .inversion import InversionResult, text_embeddings
+from .latents import decode
+from .models.loading import Models, freeu
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepEvent:
+    """Sent to the callback after every denoising step."""
+
+    step: int  # denoising step index i, from 0
+    total: int  # number of denoising steps
+    timestep: int  # the scheduler timestep t of this step
+    latent: torch.Tensor  # (4, h, w) output latent after the step (device tensor)
+    pred_x0: torch.Tensor  # (4, h, w) predicted clean output latent at this step
+    guidance: float
+    injected: bool
+    adain: bool
+    elapsed: float  # seconds since the loop began
+
+
+@dataclass
+class TransferResult:
+    """Images in [0, 1] as (3, H, W) float32 CPU tensors, latents, config and metadata."""
+
+    image: torch.Tensor
+    appearance_recon: torch.Tensor
+    structure_recon: torch.Tensor
+    latents: torch.Tensor  # (3, 4, h, w): output, appearance, structure
+    config: TransferConfig
+    model_id: str
+    is_tiny: bool
+    layers: list[str]
+    recorder: RunRecorder | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def strip(self, structure: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
+        """(3, H, 3W): structure | appearance | result."""
+        return torch.cat([structure.float().cpu(), appearance.float().cpu(), self.image], dim=2)
+
+
+def _check_masks(target: torch.Tensor, ref: torch.Tensor, grids) -> None:
+    for name, m in (("structure (target) mask", target), ("appearance (reference) mask", ref)):
+        for g in grids:
+            if mask_at(m, g).sum() < 2:
+                raise MaskError(
+                    f"the {name} covers fewer than 2 cells of the {g[0]}x{g[1]} grid used by "
+                    "matching and AdaIN: draw a larger box, refine the SAM mask, or use "
+                    "--mask box / --mask none")
+
+
+@torch.no_grad()
+def run_transfer(models: Models, appearance: InversionResult, structure: InversionResult,
+                 appearance_mask: torch.Tensor, structure_mask: torch.Tensor,
+                 config: TransferConfig,
+                 callback: Callable[[StepEvent], None] | None = None,
+                 cancel=None, dift_field: CorrespondenceField | None = None,
+                 recorder: RunRecorder | None = None) -> TransferResult:
+    """Denoise from the structure's inversion with appearance features injected.
+
+    Args:
+        appearance, structure: inversions made with ``config.inversion``.
+        appearance_mask, structure_mask: (H, W) 0/1 masks at image resolution.
+        callback: called with a :class:`StepEvent` after each step.
+        cancel: anything with ``is_set()`` (``threading.Event``); checked between steps.
+        dift_field: target -> reference field used when ``config.correspondence == "dift"``.
+        recorder: receives injection calls, matches and attention maps; by default a
+            :class:`RunRecorder` built from the config.
+    Raises:
+        TransferCancelled, MaskError, NumericalError, DeviceOutOfMemoryError.
+    """
+    for inv, role in ((appearance, "appearance"), (structure, "structure")):
+        if inv.config != config.inversion:
+            raise ValueError(f"the {role} inversion was made with {inv.config}, but the config "
+                             f"asks for {config.inversion}: invert again with this config")
+    if config.correspondence == "dift" and dift_field is None:
+        raise ValueError("config.correspondence is 'dift' but no dift_field was given; "
+                         "compute one with e4e_lab.models.dift.dift_field")
+    device, unet = models.device, models.unet
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    latent_hw = tuple(structure.xts.shape[-2:])
+    layers = injected_layers(unet)
+    grids = sorted({(latent_hw[0] // layer_level(n, unet), latent_hw[1] // layer_level(n, unet))
+                    for n in layers})
+    _check_masks(structure_mask, appearance_mask, grids + [latent_hw])
+    recorder = recorder if recorder is not None else RunRecorder.from_config(config)
+    state = InjectionState(config, latent_hw, structure_mask.float(), appearance_mask.float(),
+                           device, dift_field=dift_field, recorder=recorder)
+    state.precompute(grids)
+    lat_t = mask_at(structure_mask, latent_hw).to(device)
+    lat_a = mask_at(appearance_mask, latent_hw).to(device)
+
+    timesteps = structure.timesteps
+    coef = schedule.coefficients(models.scheduler, timesteps, device=device)
+    pred_type = models.scheduler.config.prediction_type
+    cond, uncond = text_embeddings(models, config.inversion.prompt)
+    app_x, struct_x = appearance.xts.to(device), structure.xts.to(device)
+    struct_z = structure.zs.to(device)
+    k0, total = config.skip_steps, config.denoising_steps
+    x_out = struct_x[k0:k0 + 1].clone()
+    nonfinite = torch.zeros(total, dtype=torch.bool, device=device)
+    emb = {True: torch.cat([uncond, cond, cond, cond]), False: torch.cat([cond, cond, cond])}
+
+    loop_start = time.perf_counter()
+    timings["setup_s"] = loop_start - t_start
+    try:
+        with freeu(unet, FreeUConfig() if config.freeu else None), injection(unet, state, layers):
+            for i in range(total):
+                if cancel is not None and cancel.is_set():
+                    raise TransferCancelled(i, total)
+                k = k0 + i
+                g = config.guidance_at(i)
+                guided = g > 1
+                layout = BatchLayout.for_guidance(guided)
+                state.begin_step(i, layout)
+                rows = [x_out] * (2 if guided else 1) + [app_x[k:k + 1], struct_x[k:k + 1]]
+                latents = torch.cat(rows).to(models.dtype)
+                t = timesteps[k].to(device)
+                pred = unet(latents, t, encoder_hidden_states=emb[guided]).sample.float()
+                out = pred[layout.output:layout.output + 1]
+                if guided:
+                    plain = pred[layout.plain:layout.plain + 1]
+                    out = plain + g * (out - plain)
+                c = coef[k]
+                pred_x0 = schedule.predicted_x0(out, x_out, c, pred_type)
+                x_out = schedule.ddpm_step(out, x_out, struct_z[k:k + 1], c, pred_type)
+                do_adain = config.adain_at(i)
+                if do_adain:
+                    x_out = masked_adain(x_out[0], app_x[k + 1], lat_t, lat_a,
+                                         masks_checked=True)[None]
+                nonfinite[i] = ~torch.isfinite(x_out).all()
+                if callback is not None:
+                    callback(StepEvent(i, total, int(timesteps[k]), x_out[0], pred_x0[0], g,
+                                       config.injects_at(i), do_adain,
+                                       time.perf_counter() - loop_start))
+    except torch.cuda.OutOfMemoryError:
+        raise DeviceOutOfMemoryError(
+            "the GPU ran out of memory during denoising: reduce --size, turn off attention "
+            "recording, or close other GPU programs") from None
+    if nonfinite.any():
+        first = int(nonfinite.nonzero()[0])
+        raise NumericalError(f"NaN or Inf appeared in the output latent at denoising step "
+                             f"{first} (t={int(timesteps[k0 + first])}); try fp32 "
+                             "(--dtype float32) or a lower guidance")
+    timings["denoise_s"] = time.perf_counter() - loop_start
+    timings["ms_per_step"] = 1000 * timings["denoise_s"] / max(total, 1)
+
+    t_dec = time.perf_counter()
+    finals = torch.cat([x_out, app_x[-1:], struct_x[-1:]])
+    images = decode(models, finals).cpu()
+    timings["decode_s"] = time.perf_counter() - t_dec
+    return TransferResult(image=images[0], appearance_recon=images[1],
+                          structure_recon=images[2], latents=finals.cpu(), config=config,
+                          model_id=models.model_id, is_tiny=models.is_tiny, layers=layers,
+                          recorder=recorder, timings=timings)
