@@ -118,8 +118,12 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
     coef = schedule.coefficients(models.scheduler, timesteps, eta=1.0, device=device)
     n_img, n_t = len(images), len(timesteps)
     x0 = encode(models, list(images))  # (B, 4, h, w) float32
-    gen = torch.Generator("cpu").manual_seed(config.seed)
-    noise = torch.randn((n_img, n_t) + tuple(x0.shape[1:]), generator=gen).to(device)
+    # Each image draws its own noise from the seed, so an image's trajectory (and cache
+    # entry) does not depend on which other images were inverted in the same batch.
+    noise = torch.stack([
+        torch.randn((n_t,) + tuple(x0.shape[1:]),
+                    generator=torch.Generator("cpu").manual_seed(config.seed))
+        for _ in range(n_img)]).to(device)
     xts = coef.alpha_t.sqrt() * x0[:, None] + (1 - coef.alpha_t).sqrt() * noise  # (B, T, ...)
     cond, uncond = text_embeddings(models, config.prompt)
 

@@ -1,0 +1,158 @@
+"""The denoising loop: invariants, injection bookkeeping, guidance paths, AdaIN, events."""
+
+import threading
+
+import pytest
+import torch
+
+from e4e_lab.adain import masked_adain, masked_stats
+from e4e_lab.attention import RunRecorder, injected_layers
+from e4e_lab.config import TransferConfig
+from e4e_lab.errors import MaskError, TransferCancelled
+from e4e_lab.images import box_mask, full_mask
+from e4e_lab.latents import decode
+
+from conftest import SMALL
+
+
+@pytest.fixture()
+def pair(lab, images):
+    return lab.pair(images[0], images[1], size=SMALL, mask="none")
+
+
+def test_none_mode_reproduces_structure(lab, pair, fast_config):
+    """injection none, no AdaIN, guidance = inversion CFG: the output is the structure."""
+    cfg = fast_config.replace(injection="none", adain=False, guidance=fast_config.inversion_cfg)
+    res = lab.transfer(pair, cfg)
+    assert (res.image - res.structure_recon).abs().max() <= 1 / 255
+
+
+def test_branches_reconstruct_their_images(lab, pair, fast_config):
+    """Appearance and structure follow their inversions exactly (reference defect 5)."""
+    res = lab.transfer(pair, fast_config)
+    app_inv, struct_inv = lab.invert([pair.appearance, pair.structure], fast_config)
+    assert torch.equal(res.latents[1], app_inv.x0) and torch.equal(res.latents[2], struct_inv.x0)
+    assert torch.allclose(res.appearance_recon, decode(lab.models, app_inv.x0[None])[0], atol=1e-5)
+
+
+def test_injection_touches_only_chosen_layers_and_steps(lab, pair, fast_config):
+    rec = RunRecorder()
+    cfg = fast_config.replace(injection="v")
+    lab.transfer(pair, cfg, recorder=rec)
+    layers = injected_layers(lab.models.unet)
+    steps = [i for i in range(cfg.denoising_steps) if cfg.injects_at(i)]
+    expected = {(l, i) for l in layers for i in steps}
+    assert {(l, i) for l, i, _ in rec.calls} == expected
+    assert len(rec.calls) == len(expected)  # once per layer and step
+    refresh = {i for _, i, kind in rec.calls if kind == "refresh"}
+    assert refresh == {i for i in steps if cfg.refreshes_at(i)} and refresh
+
+
+def test_injected_layers_are_two_finest_decoder_resolutions(models):
+    layers = injected_layers(models.unet)
+    # tiny model: up-blocks 2 and 3 hold the finest decoder self-attention, 3 layers each
+    assert len(layers) == 6
+    assert all(l.startswith(("up_blocks.2.", "up_blocks.3.")) and ".attn1." in l for l in layers)
+
+
+def test_processors_restored_after_run(lab, pair, fast_config):
+    before = {k: type(v) for k, v in lab.models.unet.attn_processors.items()}
+    lab.transfer(pair, fast_config)
+    after = {k: type(v) for k, v in lab.models.unet.attn_processors.items()}
+    assert before == after
+
+
+@pytest.mark.parametrize("mode", ["feature", "v", "kv", "cross-image"])
+@pytest.mark.parametrize("guidance", [2.5, 1.0, 0.5])
+def test_every_mode_runs_with_and_without_guidance(lab, pair, fast_config, mode, guidance):
+    """Reference defects 1 and 2: guidance <= 1 and V injection crashed there."""
+    res = lab.transfer(pair, fast_config.replace(injection=mode, guidance=guidance))
+    assert torch.isfinite(res.image).all()
+    assert res.image.shape == (3, SMALL, SMALL)
+
+
+def test_modes_change_the_result(lab, pair, fast_config):
+    base = lab.transfer(pair, fast_config.replace(injection="none", adain=False)).image
+    for mode in ("feature", "v", "kv", "cross-image"):
+        img = lab.transfer(pair, fast_config.replace(injection=mode, adain=False)).image
+        assert (img - base).abs().max() > 1e-3, mode
+
+
+def test_default_config_without_sam_masks(lab, images):
+    """Reference defect 3: the default config (masked AdaIN, no SAM) crashed at step 49."""
+    pair = lab.pair(images[0], images[1], size=SMALL, mask="none")
+    res = lab.transfer(pair, TransferConfig(domain="bird"))
+    assert torch.isfinite(res.image).all()
+
+
+def test_events_and_cancel(lab, pair, fast_config):
+    events = []
+    res = lab.transfer(pair, fast_config, callback=events.append)
+    assert [e.step for e in events] == list(range(fast_config.denoising_steps))
+    assert [e.timestep for e in events][:2] == [651, 601]  # 20 steps (951..1), 6 skipped
+    assert events[-1].latent.shape == (4, 8, 8) and events[-1].pred_x0.shape == (4, 8, 8)
+    stop = threading.Event()
+
+    def stop_at_3(ev):
+        if ev.step == 3:
+            stop.set()
+
+    with pytest.raises(TransferCancelled) as info:
+        lab.transfer(pair, fast_config, callback=stop_at_3, cancel=stop)
+    assert info.value.step == 4
+    again = lab.transfer(pair, fast_config)  # the session is still usable
+    assert torch.equal(again.image, res.image)
+
+
+def test_masked_adain_statistics():
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(4, 8, 8, generator=g), torch.randn(4, 8, 8, generator=g) * 3 + 1
+    mx, mr = torch.zeros(8, 8), torch.zeros(8, 8)
+    mx[2:6, 2:6], mr[:4] = 1, 1
+    out = masked_adain(x, ref, mx, mr)
+    mean_o, std_o = masked_stats(out, mx)
+    mean_r, std_r = masked_stats(ref, mr)
+    assert torch.allclose(mean_o, mean_r, atol=1e-4) and torch.allclose(std_o, std_r, atol=1e-3)
+    assert torch.equal(out[:, mx == 0], x[:, mx == 0])  # outside the mask untouched
+    # definition: unbiased variance + 1e-5
+    sel = ref[:, mr == 1]
+    assert torch.allclose(std_r, (sel.var(dim=1, unbiased=True) + 1e-5).sqrt())
+    # empty masks: returned unchanged, no NaN
+    assert torch.equal(masked_adain(x, ref, torch.zeros(8, 8), mr), x)
+    assert torch.equal(masked_adain(x, ref, mx, torch.zeros(8, 8)), x)
+
+
+def test_adain_applied_only_in_range(lab, pair, fast_config):
+    cfg = fast_config.replace(injection="none", guidance=fast_config.inversion_cfg,
+                              adain_range=(10, 20))
+    events = []
+    lab.transfer(pair, cfg, callback=events.append)
+    assert [e.step for e in events if e.adain] == list(range(10, 14))
+
+
+def test_masks_restrict_matching(lab, images, fast_config):
+    box = (0, 0, SMALL // 2, SMALL)  # left half of each image
+    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=box,
+                    structure_box=box)
+    cfg = fast_config.replace(record_matches=True)
+    res = lab.transfer(pair, cfg)
+    for (layer, step), fld in res.recorder.matches.items():
+        h, w = fld.target_shape
+        idx = fld.index.reshape(h, w)
+        assert (idx[:, w // 2:] == -1).all()  # background keeps its own features
+        assert ((idx[:, : w // 2] % w) < w // 2).all()  # matches only inside the ref box
+
+
+def test_tiny_box_mask_is_refused_before_running(lab, images, fast_config):
+    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 2, 2),
+                    structure_box=(0, 0, 32, 32))
+    with pytest.raises(MaskError, match="appearance"):
+        lab.transfer(pair, fast_config)
+
+
+def test_dift_correspondence_source(lab, pair, fast_config):
+    cfg = fast_config.replace(correspondence="dift", dift_ensemble=2, record_matches=True)
+    res = lab.transfer(pair, cfg)
+    fields = list(res.recorder.matches.values())
+    assert fields and all(f.target_shape in ((8, 8), (4, 4)) for f in fields)
+    assert torch.isfinite(res.image).all()
