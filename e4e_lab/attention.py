@@ -133,49 +133,81 @@ class RunRecorder:
 
 @dataclass
 class BatchLayout:
-    """Rows of the UNet batch: [plain output?, injected output, appearance, structure]."""
+    """Rows of the UNet batch: [plain output?, injected output, appearance(s)..., structure].
+
+    There is one appearance row per reference image (several for multi-object runs).
+    """
 
     output: int
-    appearance: int
+    appearances: tuple[int, ...]
     structure: int
     plain: int | None = None
 
     @classmethod
-    def for_guidance(cls, guided: bool) -> "BatchLayout":
-        return cls(1, 2, 3, plain=0) if guided else cls(0, 1, 2)
+    def for_guidance(cls, guided: bool, references: int = 1) -> "BatchLayout":
+        first = 2 if guided else 1
+        apps = tuple(range(first, first + references))
+        return cls(first - 1, apps, first + references, plain=0 if guided else None)
+
+    @property
+    def appearance(self) -> int:
+        """The first (for single-pair runs, the only) appearance row."""
+        return self.appearances[0]
 
     @property
     def size(self) -> int:
-        return 4 if self.plain is not None else 3
+        return self.structure + 1
 
     def names(self) -> dict[str, int]:
-        rows = {"output": self.output, "appearance": self.appearance, "structure": self.structure}
+        rows = {"output": self.output}
+        for j, r in enumerate(self.appearances):
+            rows["appearance" if j == 0 else f"appearance{j}"] = r
+        rows["structure"] = self.structure
         if self.plain is not None:
             rows["plain"] = self.plain
         return rows
 
 
+@dataclass
+class RegionPair:
+    """A target region that takes its features only from one reference region.
+
+    ``target_mask`` and ``ref_mask`` are (H, W) 0/1 masks at image resolution;
+    ``reference`` is the index of the reference image (its appearance row).
+    """
+
+    target_mask: torch.Tensor
+    ref_mask: torch.Tensor
+    reference: int = 0
+
+
 class InjectionState:
-    """What the processors share during one run: config, step, masks, recorder.
+    """What the processors share during one run: config, step, region pairs, recorder.
 
     Masks are resized once per grid and kept; nothing here is global.
     """
 
     def __init__(self, config: TransferConfig, latent_shape: tuple[int, int],
-                 target_mask: torch.Tensor, ref_mask: torch.Tensor, device,
+                 pairs: list[RegionPair], device,
                  dift_field: CorrespondenceField | None = None,
                  recorder: Recorder | None = None):
+        if not pairs:
+            raise ValueError("at least one (target, reference) region pair is needed")
         self.config = config
         self.latent_shape = latent_shape
-        self.target_mask, self.ref_mask = target_mask, ref_mask
+        self.pairs = pairs
         self.device = device
         self.dift_field = dift_field
         self.recorder = recorder
         self.step: int = -1
-        self.layout = BatchLayout.for_guidance(True)
+        self.layout = BatchLayout.for_guidance(True, self.references)
         self.enabled = True
-        self._masks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._masks: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._fields: dict[tuple[int, int], CorrespondenceField] = {}
+
+    @property
+    def references(self) -> int:
+        return max(p.reference for p in self.pairs) + 1
 
     def begin_step(self, step: int, layout: BatchLayout) -> None:
         self.step, self.layout = step, layout
@@ -185,10 +217,12 @@ class InjectionState:
         f = math.isqrt(h * w // tokens)
         return h // f, w // f
 
-    def masks(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(self, grid: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per pair, the flattened (target, reference) masks on ``grid``."""
         if grid not in self._masks:
-            self._masks[grid] = (mask_at(self.target_mask, grid).flatten().to(self.device),
-                                 mask_at(self.ref_mask, grid).flatten().to(self.device))
+            self._masks[grid] = [(mask_at(p.target_mask, grid).flatten().to(self.device),
+                                  mask_at(p.ref_mask, grid).flatten().to(self.device))
+                                 for p in self.pairs]
         return self._masks[grid]
 
     def precompute(self, grids) -> None:
@@ -204,14 +238,26 @@ class InjectionState:
                                                      f.score.to(self.device), grid, grid)
         return self._fields[grid]
 
-    def match(self, layer: str, target: torch.Tensor, ref: torch.Tensor,
+    def match(self, layer: str, target: torch.Tensor, refs: torch.Tensor,
               grid: tuple[int, int]) -> CorrespondenceField:
-        """Correspondence for this layer and step (computed, or the DIFT field)."""
+        """Correspondence for this layer and step.
+
+        ``target`` is (N, C), ``refs`` is (R, N, C) for R reference images. The field's
+        indices point into the R x N reference positions (``index // N`` is the image).
+        Each pair matches its target region only inside its reference region; where
+        target regions overlap, the later pair wins.
+        """
         if self.config.correspondence == "dift" and self.dift_field is not None:
             fld = self.dift(grid)
         else:
-            tm, rm = self.masks(grid)
-            index, score = nearest_neighbors(target, ref, tm, rm)
+            n = refs.shape[1]
+            index = torch.full((target.shape[0],), -1, dtype=torch.long, device=target.device)
+            score = torch.zeros(target.shape[0], device=target.device)
+            for pair, (tm, rm) in zip(self.pairs, self.masks(grid)):
+                idx, sc = nearest_neighbors(target, refs[pair.reference], tm, rm)
+                hit = idx >= 0
+                index = torch.where(hit, idx + pair.reference * n, index)
+                score = torch.where(hit, sc, score)
             fld = CorrespondenceField(index, score, grid, grid)
         if self.recorder is not None:
             self.recorder.on_matches(layer, self.step, fld)
@@ -223,6 +269,11 @@ class InjectionState:
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _stack(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """(len(rows) * N, C): the positions of several batch rows, one after the other."""
+    return x[rows].reshape(-1, x.shape[-1])
 
 
 def _gather_rows(own: torch.Tensor, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -273,6 +324,7 @@ class E4EAttnProcessor:
         residual = hidden_states
         lay = st.layout
         out, app, struct = lay.output, lay.appearance, lay.structure
+        apps = list(lay.appearances)
         grid = st.grid(hidden_states.shape[1])
         refresh = cfg.refreshes_at(step)
         mode = cfg.injection
@@ -282,12 +334,13 @@ class E4EAttnProcessor:
                                                                 else "match"))
         fld = None
         if not refresh and mode in ("feature", "v", "kv"):
-            fld = st.match(self.name, hidden_states[out], hidden_states[app], grid)
+            fld = st.match(self.name, hidden_states[out], hidden_states[apps], grid)
 
         if mode == "feature":
             hidden_states = hidden_states.clone()
             hidden_states[out] = (hidden_states[struct] if refresh else
-                                  _gather_rows(hidden_states[out], hidden_states[app], fld.index))
+                                  _gather_rows(hidden_states[out], _stack(hidden_states, apps),
+                                               fld.index))
 
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
@@ -300,9 +353,9 @@ class E4EAttnProcessor:
                 if swap_k:
                     key[out] = key[src]
             else:
-                value[out] = _gather_rows(value[out], value[app], fld.index)
+                value[out] = _gather_rows(value[out], _stack(value, apps), fld.index)
                 if swap_k:
-                    key[out] = _gather_rows(key[out], key[app], fld.index)
+                    key[out] = _gather_rows(key[out], _stack(key, apps), fld.index)
 
         heads = attn.heads
         q, k, v = _heads(query, heads), _heads(key, heads), _heads(value, heads)

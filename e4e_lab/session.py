@@ -30,11 +30,31 @@ from .images import (Box, ImageLike, LoadedImage, as_mask, box_mask, full_mask, 
 from .inversion import InversionResult, invert
 from .models.loading import Models, load_pipeline
 from .models.tiny import cache_root
-from .transfer import StepEvent, TransferResult, run_transfer
+from .attention import RegionPair
+from .transfer import StepEvent, TransferResult, run_multi_transfer, run_transfer
 
 log = logging.getLogger(__name__)
 
 MASK_MODES = ("auto", "sam", "box", "none")
+
+
+@dataclass
+class MultiPair:
+    """A structure image with several (target region, reference region) pairs.
+
+    ``references`` are the distinct reference images; ``regions[n].reference`` indexes
+    them. ``boxes[n]`` is the (target box, reference box) of pair n, either may be None.
+    """
+
+    structure: LoadedImage
+    references: list[LoadedImage]
+    regions: list[RegionPair]
+    boxes: list[tuple[Box | None, Box | None]]
+    mask_mode: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.structure.size
 
 
 @dataclass
@@ -152,6 +172,63 @@ class Lab:
             require_nonempty(m, f"the {role} mask")
             masks.append(m)
         return Pair(app, struct, resolved[0], resolved[1], masks[0], masks[1], mask)
+
+    def multi_pair(self, structure: ImageLike | LoadedImage, objects: list[dict],
+                   mask: str = "auto", size: int | None = None, fit: str = "stretch",
+                   boxes_size: int | tuple[int, int] | None = None) -> MultiPair:
+        """A structure image and a list of objects, each a dict with ``appearance`` (an image
+        or path), and optionally ``target_box`` / ``appearance_box`` (model pixels, or
+        at ``boxes_size`` when given) or ``target_mask`` / ``appearance_mask``.
+
+        Objects that name the same appearance source share one reference image.
+        """
+        struct = structure if isinstance(structure, LoadedImage) else \
+            self.load_image(structure, size, fit)
+        if not objects:
+            raise ConfigError("objects", objects, "at least one object pair")
+        refs: list[LoadedImage] = []
+        ref_index: dict[str, int] = {}
+        regions, boxes = [], []
+        for n, obj in enumerate(objects):
+            if not isinstance(obj, dict) or "appearance" not in obj:
+                raise ConfigError(f"objects[{n}]", obj, "a dict with an 'appearance' image")
+            src = obj["appearance"]
+            key = src.digest if isinstance(src, LoadedImage) else str(src)
+            if key not in ref_index:
+                img = src if isinstance(src, LoadedImage) else self.load_image(src, struct.size[0], fit)
+                if img.size != struct.size:
+                    raise ConfigError(f"objects[{n}].appearance", img.size,
+                                      f"the structure's size {struct.size}")
+                ref_index[key] = len(refs)
+                refs.append(img)
+            r = ref_index[key]
+            scaled = scale_boxes({"_size": boxes_size, "t": obj.get("target_box"),
+                                  "a": obj.get("appearance_box")}, struct.size) \
+                if boxes_size is not None else {"t": obj.get("target_box"),
+                                                "a": obj.get("appearance_box")}
+            tb = None if scaled["t"] is None else parse_box(scaled["t"], struct.size,
+                                                            f"objects[{n}].target_box")
+            ab = None if scaled["a"] is None else parse_box(scaled["a"], struct.size,
+                                                            f"objects[{n}].appearance_box")
+            tm = (as_mask(obj["target_mask"], struct.size, f"objects[{n}].target_mask")
+                  if obj.get("target_mask") is not None else self.mask(struct, tb, mask))
+            am = (as_mask(obj["appearance_mask"], struct.size, f"objects[{n}].appearance_mask")
+                  if obj.get("appearance_mask") is not None else self.mask(refs[r], ab, mask))
+            require_nonempty(tm, f"the target mask of object {n}")
+            require_nonempty(am, f"the appearance mask of object {n}")
+            regions.append(RegionPair(tm, am, r))
+            boxes.append((tb, ab))
+        return MultiPair(struct, refs, regions, boxes, mask)
+
+    def transfer_multi(self, multi: MultiPair, config: TransferConfig,
+                       callback: Callable[[StepEvent], None] | None = None, cancel=None,
+                       inversion_progress: Callable[[int, int], None] | None = None,
+                       recorder=None) -> TransferResult:
+        """Multi-object transfer: each target region matches only inside its partner."""
+        invs = self.invert(multi.references + [multi.structure], config,
+                           progress=inversion_progress)
+        return run_multi_transfer(self.models, invs[:-1], invs[-1], multi.regions, config,
+                                  callback=callback, cancel=cancel, recorder=recorder)
 
     # -------------------------------------------------------------- stage 2 --
     def invert(self, images: list[LoadedImage], config: TransferConfig,

@@ -26,10 +26,11 @@ import torch
 
 from . import schedule
 from .adain import masked_adain
-from .attention import BatchLayout, InjectionState, RunRecorder, injected_layers, injection, layer_level
+from .attention import (BatchLayout, InjectionState, RegionPair, RunRecorder, injected_layers,
+                        injection, layer_level)
 from .config import FreeUConfig, TransferConfig
 from .correspondence import CorrespondenceField
-from .errors import DeviceOutOfMemoryError, MaskError, NumericalError, TransferCancelled
+from .errors import ConfigError, DeviceOutOfMemoryError, MaskError, NumericalError, TransferCancelled
 from .images import mask_at
 from .inversion import InversionResult, text_embeddings
 from .latents import decode
@@ -60,30 +61,33 @@ class TransferResult:
     image: torch.Tensor
     appearance_recon: torch.Tensor
     structure_recon: torch.Tensor
-    latents: torch.Tensor  # (3, 4, h, w): output, appearance, structure
+    latents: torch.Tensor  # (2 + R, 4, h, w): output, appearance(s), structure
     config: TransferConfig
     model_id: str
     is_tiny: bool
     layers: list[str]
     recorder: RunRecorder | None
     timings: dict[str, float] = field(default_factory=dict)
+    appearance_recons: list[torch.Tensor] = field(default_factory=list)  # all references
 
     def strip(self, structure: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
         """(3, H, 3W): structure | appearance | result."""
         return torch.cat([structure.float().cpu(), appearance.float().cpu(), self.image], dim=2)
 
 
-def _check_masks(target: torch.Tensor, ref: torch.Tensor, grids) -> None:
-    for name, m in (("structure (target) mask", target), ("appearance (reference) mask", ref)):
-        for g in grids:
-            if mask_at(m, g).sum() < 2:
-                raise MaskError(
-                    f"the {name} covers fewer than 2 cells of the {g[0]}x{g[1]} grid used by "
-                    "matching and AdaIN: draw a larger box, refine the SAM mask, or use "
-                    "--mask box / --mask none")
+def _check_masks(pairs: list[RegionPair], grids) -> None:
+    for n, pair in enumerate(pairs):
+        suffix = f" of pair {n}" if len(pairs) > 1 else ""
+        for name, m in (("structure (target) mask", pair.target_mask),
+                        ("appearance (reference) mask", pair.ref_mask)):
+            for g in grids:
+                if mask_at(m, g).sum() < 2:
+                    raise MaskError(
+                        f"the {name}{suffix} covers fewer than 2 cells of the {g[0]}x{g[1]} grid "
+                        "used by matching and AdaIN: draw a larger box, refine the SAM mask, "
+                        "or use --mask box / --mask none")
 
 
-@torch.no_grad()
 def run_transfer(models: Models, appearance: InversionResult, structure: InversionResult,
                  appearance_mask: torch.Tensor, structure_mask: torch.Tensor,
                  config: TransferConfig,
@@ -103,13 +107,39 @@ def run_transfer(models: Models, appearance: InversionResult, structure: Inversi
     Raises:
         TransferCancelled, MaskError, NumericalError, DeviceOutOfMemoryError.
     """
-    for inv, role in ((appearance, "appearance"), (structure, "structure")):
+    return run_multi_transfer(models, [appearance], structure,
+                              [RegionPair(structure_mask.float(), appearance_mask.float(), 0)],
+                              config, callback=callback, cancel=cancel, dift_field=dift_field,
+                              recorder=recorder)
+
+
+@torch.no_grad()
+def run_multi_transfer(models: Models, appearances: list[InversionResult],
+                       structure: InversionResult, pairs: list[RegionPair],
+                       config: TransferConfig,
+                       callback: Callable[[StepEvent], None] | None = None,
+                       cancel=None, dift_field: CorrespondenceField | None = None,
+                       recorder: RunRecorder | None = None) -> TransferResult:
+    """The transfer with one or more (target region, reference region) pairs.
+
+    Each target region takes features only from its paired region of its reference
+    image (``pair.reference`` indexes ``appearances``), and gets its own masked AdaIN;
+    positions outside every target region keep their own features. With one pair this
+    is the single-object method (:func:`run_transfer`).
+    """
+    for inv, role in [(a, "appearance") for a in appearances] + [(structure, "structure")]:
         if inv.config != config.inversion:
             raise ValueError(f"the {role} inversion was made with {inv.config}, but the config "
                              f"asks for {config.inversion}: invert again with this config")
-    if config.correspondence == "dift" and dift_field is None:
-        raise ValueError("config.correspondence is 'dift' but no dift_field was given; "
-                         "compute one with e4e_lab.models.dift.dift_field")
+    if any(not 0 <= p.reference < len(appearances) for p in pairs):
+        raise ValueError(f"a region pair names a reference image outside 0..{len(appearances) - 1}")
+    if len(appearances) > 1 and config.injection == "cross-image":
+        raise ConfigError("injection", config.injection,
+                          "cross-image attention takes one reference image; use feature, v or "
+                          "kv for several")
+    if config.correspondence == "dift" and (dift_field is None or len(pairs) > 1):
+        raise ValueError("config.correspondence is 'dift': give one region pair and a "
+                         "dift_field (e4e_lab.models.dift.dift_field)")
     device, unet = models.device, models.unet
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -117,24 +147,27 @@ def run_transfer(models: Models, appearance: InversionResult, structure: Inversi
     layers = injected_layers(unet)
     grids = sorted({(latent_hw[0] // layer_level(n, unet), latent_hw[1] // layer_level(n, unet))
                     for n in layers})
-    _check_masks(structure_mask, appearance_mask, grids + [latent_hw])
+    _check_masks(pairs, grids + [latent_hw])
     recorder = recorder if recorder is not None else RunRecorder.from_config(config)
-    state = InjectionState(config, latent_hw, structure_mask.float(), appearance_mask.float(),
-                           device, dift_field=dift_field, recorder=recorder)
+    state = InjectionState(config, latent_hw, pairs, device, dift_field=dift_field,
+                           recorder=recorder)
     state.precompute(grids)
-    lat_t = mask_at(structure_mask, latent_hw).to(device)
-    lat_a = mask_at(appearance_mask, latent_hw).to(device)
+    lat_masks = [(mask_at(p.target_mask, latent_hw).to(device),
+                  mask_at(p.ref_mask, latent_hw).to(device), p.reference) for p in pairs]
+    n_ref = len(appearances)
 
     timesteps = structure.timesteps
     coef = schedule.coefficients(models.scheduler, timesteps, device=device)
     pred_type = models.scheduler.config.prediction_type
     cond, uncond = text_embeddings(models, config.inversion.prompt)
-    app_x, struct_x = appearance.xts.to(device), structure.xts.to(device)
+    app_x = torch.stack([a.xts for a in appearances]).to(device)  # (R, T+1, 4, h, w)
+    struct_x = structure.xts.to(device)
     struct_z = structure.zs.to(device)
     k0, total = config.skip_steps, config.denoising_steps
     x_out = struct_x[k0:k0 + 1].clone()
     nonfinite = torch.zeros(total, dtype=torch.bool, device=device)
-    emb = {True: torch.cat([uncond, cond, cond, cond]), False: torch.cat([cond, cond, cond])}
+    emb = {True: torch.cat([uncond, cond] + [cond] * (n_ref + 1)),
+           False: torch.cat([cond] * (n_ref + 2))}
 
     loop_start = time.perf_counter()
     timings["setup_s"] = loop_start - t_start
@@ -146,9 +179,9 @@ def run_transfer(models: Models, appearance: InversionResult, structure: Inversi
                 k = k0 + i
                 g = config.guidance_at(i)
                 guided = g > 1
-                layout = BatchLayout.for_guidance(guided)
+                layout = BatchLayout.for_guidance(guided, n_ref)
                 state.begin_step(i, layout)
-                rows = [x_out] * (2 if guided else 1) + [app_x[k:k + 1], struct_x[k:k + 1]]
+                rows = [x_out] * (2 if guided else 1) + [app_x[:, k], struct_x[k:k + 1]]
                 latents = torch.cat(rows).to(models.dtype)
                 t = timesteps[k].to(device)
                 pred = unet(latents, t, encoder_hidden_states=emb[guided]).sample.float()
@@ -161,8 +194,9 @@ def run_transfer(models: Models, appearance: InversionResult, structure: Inversi
                 x_out = schedule.ddpm_step(out, x_out, struct_z[k:k + 1], c, pred_type)
                 do_adain = config.adain_at(i)
                 if do_adain:
-                    x_out = masked_adain(x_out[0], app_x[k + 1], lat_t, lat_a,
-                                         masks_checked=True)[None]
+                    for tm, rm, r in lat_masks:
+                        x_out = masked_adain(x_out[0], app_x[r, k + 1], tm, rm,
+                                             masks_checked=True)[None]
                 nonfinite[i] = ~torch.isfinite(x_out).all()
                 if callback is not None:
                     callback(StepEvent(i, total, int(timesteps[k]), x_out[0], pred_x0[0], g,
@@ -181,10 +215,11 @@ def run_transfer(models: Models, appearance: InversionResult, structure: Inversi
     timings["ms_per_step"] = 1000 * timings["denoise_s"] / max(total, 1)
 
     t_dec = time.perf_counter()
-    finals = torch.cat([x_out, app_x[-1:], struct_x[-1:]])
+    finals = torch.cat([x_out, app_x[:, -1], struct_x[-1:]])
     images = decode(models, finals).cpu()
     timings["decode_s"] = time.perf_counter() - t_dec
     return TransferResult(image=images[0], appearance_recon=images[1],
-                          structure_recon=images[2], latents=finals.cpu(), config=config,
+                          structure_recon=images[-1], latents=finals.cpu(), config=config,
                           model_id=models.model_id, is_tiny=models.is_tiny, layers=layers,
-                          recorder=recorder, timings=timings)
+                          recorder=recorder, timings=timings,
+                          appearance_recons=list(images[1:-1]))

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from e4e_lab import attention as att
-from e4e_lab.attention import BatchLayout, E4EAttnProcessor, InjectionState, RunRecorder
+from e4e_lab.attention import (BatchLayout, E4EAttnProcessor, InjectionState, RegionPair,
+                               RunRecorder)
 from e4e_lab.config import TransferConfig
 from e4e_lab.correspondence import nearest_neighbors
 
@@ -22,7 +23,7 @@ def layer():
 
 def run(layer, mode, step, guided=True, recorder=None, refresh_until=40):
     cfg = TransferConfig(injection=mode, feat_range=(0, 100), refresh_until=refresh_until)
-    state = InjectionState(cfg, (H, W), torch.ones(H, W), torch.ones(H, W), "cpu",
+    state = InjectionState(cfg, (H, W), [RegionPair(torch.ones(H, W), torch.ones(H, W))], "cpu",
                            recorder=recorder)
     layout = BatchLayout.for_guidance(guided)
     state.begin_step(step, layout)
@@ -122,8 +123,35 @@ def test_explicit_attention_only_when_recording(layer, monkeypatch):
 @torch.no_grad()
 def test_inactive_step_is_plain_attention(layer):
     cfg = TransferConfig(injection="feature", feat_range=(10, 20))
-    state = InjectionState(cfg, (H, W), torch.ones(H, W), torch.ones(H, W), "cpu")
+    state = InjectionState(cfg, (H, W), [RegionPair(torch.ones(H, W), torch.ones(H, W))], "cpu")
     state.begin_step(3, BatchLayout.for_guidance(True))
     hs = torch.randn(4, H * W, C)
     out = E4EAttnProcessor("x", state)(layer, hs)
     assert torch.equal(out, AttnProcessor2_0()(layer, hs))
+
+
+@torch.no_grad()
+def test_multi_object_pairs_take_features_only_from_their_partner(layer):
+    """Two target halves, two reference images: each half matches only its partner region."""
+    cfg = TransferConfig(injection="feature", feat_range=(0, 100), refresh_until=0)
+    top, bottom = torch.zeros(H, W), torch.zeros(H, W)
+    top[: H // 2], bottom[H // 2:] = 1, 1
+    left = torch.zeros(H, W)
+    left[:, : W // 2] = 1
+    pairs = [RegionPair(top, left, reference=0), RegionPair(bottom, torch.ones(H, W), reference=1)]
+    state = InjectionState(cfg, (H, W), pairs, "cpu", recorder=RunRecorder(record_matches=True))
+    layout = BatchLayout.for_guidance(False, references=2)
+    assert layout.appearances == (1, 2) and layout.structure == 3
+    state.begin_step(1, layout)
+    hs = torch.randn(layout.size, H * W, C, generator=torch.Generator().manual_seed(3))
+    out = E4EAttnProcessor("L", state)(layer, hs)
+    (fld,) = state.recorder.matches.values()
+    n = H * W
+    idx = fld.index.reshape(H, W)
+    top_idx, bottom_idx = idx[: H // 2].flatten(), idx[H // 2:].flatten()
+    assert (top_idx < n).all() and ((top_idx % W) < W // 2).all()  # image 0, left half only
+    assert (bottom_idx >= n).all()  # image 1
+    i0, _ = nearest_neighbors(hs[0], hs[1], top.flatten(), left.flatten())
+    assert torch.equal(fld.index[top.flatten() == 1], i0[top.flatten() == 1])
+    refs = hs[[1, 2]].reshape(-1, C)
+    assert torch.allclose(out[0], sdpa(layer, refs[fld.index][None]), atol=1e-5)
