@@ -12,7 +12,7 @@ import sys
 import time
 
 from .config import FIT_MODES, INJECTION_MODES, TransferConfig
-from .errors import E4ELabError, TransferCancelled
+from .errors import ConfigError, E4ELabError, TransferCancelled
 
 log = logging.getLogger("e4e_lab")
 
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Keep the structure image's shape, take colours from the "
                        "appearance image by semantic correspondence.")
     io_ = t.add_argument_group("inputs and outputs")
-    io_.add_argument("--appearance", required=True, metavar="PATH", help="appearance image")
+    io_.add_argument("--appearance", metavar="PATH",
+                     help="appearance image (not needed with --pairs)")
     io_.add_argument("--structure", required=True, metavar="PATH", help="structure image")
     io_.add_argument("--out", required=True, metavar="DIR", help="output folder")
     io_.add_argument("--overwrite", action="store_true",
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     io_.add_argument("--structure-box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                      help="object box in the structure image, model-resolution pixels")
     io_.add_argument("--boxes", metavar="JSON", help='boxes file {"file name": [x0, y0, x1, y1]}')
+    io_.add_argument("--pairs", metavar="JSON",
+                     help='multi-object pairs: {"_size": 512, "objects": [{"target_box": [...], '
+                     '"appearance": PATH, "appearance_box": [...]}, ...]}; paths relative to '
+                     "the JSON file")
     io_.add_argument("--mask", choices=("auto", "sam", "box", "none"), default="auto",
                      help="object masks: SAM-HQ from the boxes, the boxes, or whole images "
                      "(auto: sam when a checkpoint is found, else box)")
@@ -78,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     meth.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    e = sub.add_parser("evaluate", help="run every method over a folder of pairs and score them",
+                       description="Writes results.csv and report.html into --out. Under "
+                       "`accelerate launch -m e4e_lab evaluate ...` pairs are split across "
+                       "processes (one GPU each) and the CSVs merged.")
+    e.add_argument("--pairs-dir", required=True, metavar="DIR",
+                   help="folder with pairs.json (and optionally boxes.json), e.g. example/")
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--methods", nargs="+", default=["feature", "v", "kv", "cross-image"],
+                   choices=INJECTION_MODES)
+    for flag in ("--model", "--device", "--cache-dir"):
+        e.add_argument(flag, default="auto" if flag == "--model" else None)
+    e.add_argument("--dtype", choices=("float16", "bfloat16", "float32"))
+    e.add_argument("--mask", choices=("auto", "sam", "box", "none"), default="auto")
+    e.add_argument("--sam-checkpoint", metavar="PATH")
+    e.add_argument("--size", type=int, metavar="PX")
+    e.add_argument("--steps", type=int, default=d.num_steps)
+    e.add_argument("--skip-steps", type=int, default=d.skip_steps)
+    e.add_argument("--guidance", type=float, default=d.guidance)
+    e.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"))
+    e.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"))
+    e.add_argument("--seed", type=int, default=d.seed)
+    e.add_argument("--quiet", action="store_true", help="no progress output")
+    e.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -101,15 +130,22 @@ def _transfer(args) -> int:
 
     config = _config(args)  # validate before loading anything heavy
     boxes = load_boxes(args.boxes) if args.boxes else None
+    objects, boxes_size = _read_pairs(args.pairs) if args.pairs else (None, None)
+    if objects is None and not args.appearance:
+        raise ConfigError("appearance", None, "give --appearance PATH (or --pairs JSON)")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()
     lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
               use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
     if lab.is_tiny:
         print(f"WARNING: {lab.banner}", file=sys.stderr)
-    pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
-                    structure_box=args.structure_box, boxes=boxes, mask=args.mask,
-                    size=args.size, fit=args.fit)
+    if objects is not None:
+        pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
+                              fit=args.fit, boxes_size=boxes_size)
+    else:
+        pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
+                        structure_box=args.structure_box, boxes=boxes, mask=args.mask,
+                        size=args.size, fit=args.fit)
     bars: dict[str, tqdm] = {}
 
     def bar(name, total, **kw):
@@ -125,14 +161,76 @@ def _transfer(args) -> int:
         bar("den", ev.total, desc=f"transfer ({config.injection})", unit="step").update(1)
 
     try:
-        result = lab.transfer(pair, config, callback=step, inversion_progress=inv_progress)
+        run = lab.transfer_multi if objects is not None else lab.transfer
+        result = run(pair, config, callback=step, inversion_progress=inv_progress)
     finally:
         for bar in bars.values():
             bar.close()
-    paths = save_run(args.out, result, pair, overwrite=args.overwrite,
-                     extra={"wall_s": round(time.perf_counter() - t0, 2)})
+    extra = {"wall_s": round(time.perf_counter() - t0, 2)}
+    if objects is not None:
+        extra["objects"] = pair.describe()
+    paths = save_run(args.out, result, pair, overwrite=args.overwrite, extra=extra)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
+
+
+def _evaluate(args) -> int:
+    import torch
+
+    from .evaluate import run_distributed
+    from .session import Lab
+
+    base = TransferConfig(num_steps=args.steps, skip_steps=args.skip_steps,
+                          guidance=args.guidance, feat_range=tuple(args.feat_range),
+                          adain_range=tuple(args.adain_range), seed=args.seed)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+
+    def make_lab(index: int):
+        device = args.device
+        if device is None:
+            try:
+                from accelerate import PartialState
+                device = PartialState().device
+            except ImportError:
+                device = None
+        lab = Lab(model=args.model, device=device, dtype=dtype, cache_dir=args.cache_dir,
+                  sam_checkpoint=args.sam_checkpoint)
+        if lab.is_tiny and index == 0:
+            print(f"WARNING: {lab.banner}", file=sys.stderr)
+        return lab
+
+    def progress(pair, method):
+        if not args.quiet:
+            print(f"evaluated {pair} / {method}", file=sys.stderr)
+
+    path = run_distributed(make_lab, args.pairs_dir, args.out, tuple(args.methods), base,
+                           args.mask, args.size, progress)
+    if path.exists():
+        print(f"wrote {path} and {path.parent / 'report.html'}", file=sys.stderr)
+    return 0
+
+
+def _read_pairs(path: str) -> tuple[list[dict], int | list | None]:
+    """Objects of a --pairs file, with appearance paths made relative to the file."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("pairs", path, f"a readable JSON file ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError("pairs", path, f"valid JSON ({exc})") from None
+    objects = data.get("objects") if isinstance(data, dict) else None
+    if not isinstance(objects, list) or not objects:
+        raise ConfigError("pairs", path, 'an object {"objects": [{"appearance": PATH, ...}]}')
+    resolved = []
+    for n, obj in enumerate(objects):
+        if not isinstance(obj, dict) or not isinstance(obj.get("appearance"), str):
+            raise ConfigError(f"pairs objects[{n}]", obj, 'an object with "appearance": PATH')
+        resolved.append({**obj, "appearance": str(p.parent / obj["appearance"])})
+    return resolved, data.get("_size")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _transfer(args)
+        return _evaluate(args) if args.command == "evaluate" else _transfer(args)
     except TransferCancelled as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 130

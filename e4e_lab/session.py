@@ -56,6 +56,21 @@ class MultiPair:
     def size(self) -> tuple[int, int]:
         return self.structure.size
 
+    # what run summaries (outputs.save_run) read of a pair
+    @property
+    def appearance(self) -> LoadedImage:
+        """The first reference image (the strip shows it as 'appearance')."""
+        return self.references[0]
+
+    appearance_box = None
+    structure_box = None
+
+    def describe(self) -> list[dict]:
+        """JSON-able description of the object pairs."""
+        return [{"target_box": tb, "appearance": self.references[r.reference].source
+                 or self.references[r.reference].name, "appearance_box": ab}
+                for r, (tb, ab) in zip(self.regions, self.boxes)]
+
 
 @dataclass
 class Pair:

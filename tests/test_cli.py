@@ -58,3 +58,26 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, args, needle):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert lines[-1].startswith("error:") and needle in lines[-1]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_multi_object_pairs_file(tmp_path):
+    out = tmp_path / "multi"
+    r = cli("transfer", "--structure", "example/horse_silhouette.png",
+            "--pairs", "example/multi_pairs.json", "--out", str(out), "--mask", "box", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert (out / "result.png").exists() and (out / "strip.png").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_writes_csv_and_report(tmp_path):
+    out = tmp_path / "eval"
+    r = cli("evaluate", "--pairs-dir", "example", "--out", str(out), "--methods", "feature", "v",
+            "--model", "tiny", "--size", "64", "--steps", "10", "--skip-steps", "3",
+            "--feat-range", "1", "7", "--adain-range", "5", "10", "--quiet")
+    assert r.returncode == 0, r.stderr
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("pair,method,seconds,ssim")
+    assert len(lines) == 1 + 2 * 2  # two pairs x two methods
+    html = (out / "report.html").read_text()
+    assert "TINY RANDOM-WEIGHT MODEL" in html and "data:image/png;base64" in html
