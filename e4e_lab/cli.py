@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with pairs.json (and optionally boxes.json), e.g. example/")
     e.add_argument("--out", required=True, metavar="DIR")
     e.add_argument("--methods", nargs="+", default=["feature", "v", "kv", "cross-image"],
-                   choices=INJECTION_MODES)
+                   choices=INJECTION_MODES + ("paint-by-example",),
+                   help="methods to compare (paint-by-example loads Fantasy-Studio/"
+                   "Paint-by-Example, or a tiny random instance with the tiny model)")
     for flag in ("--model", "--device", "--cache-dir"):
         e.add_argument(flag, default="auto" if flag == "--model" else None)
     e.add_argument("--dtype", choices=("float16", "bfloat16", "float32"))

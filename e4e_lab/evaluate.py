@@ -30,6 +30,7 @@ from .images import load_boxes, to_uint8
 log = logging.getLogger(__name__)
 
 METHODS = ("feature", "v", "kv", "cross-image")
+PAINT_BY_EXAMPLE = "paint-by-example"
 COLUMNS = ("pair", "method", "seconds", "ssim", "edge_ssim", "histogram_distance",
            "part_colour_distance", "part_agreement", "cycle_consistency", "tiny_model")
 
@@ -98,6 +99,12 @@ def evaluate(lab, pairs: list[PairSpec], boxes: dict | None, methods=METHODS,
     """Run every method on every pair; returns (rows, {(pair, method): result image})."""
     base = base or TransferConfig()
     rows, images = [], {}
+    pbe = None
+    if PAINT_BY_EXAMPLE in methods:
+        from .baselines import PBE_MODEL, load_paint_by_example
+
+        pbe = load_paint_by_example("tiny" if lab.is_tiny else PBE_MODEL, lab.models.device,
+                                    lab.models.dtype)
     for spec in pairs:
         pair = lab.pair(spec.appearance, spec.structure, boxes=boxes, mask=mask, size=size)
         images[(spec.name, "structure")] = pair.structure.pixels
@@ -105,9 +112,15 @@ def evaluate(lab, pairs: list[PairSpec], boxes: dict | None, methods=METHODS,
         # invert once, outside the timings: every method reuses the same inversions
         lab.invert([pair.appearance, pair.structure], base.replace(domain=spec.domain))
         for method in methods:
-            cfg = base.replace(injection=method, domain=spec.domain)
             t0 = time.perf_counter()
-            result = lab.transfer(pair, cfg)
+            if method == PAINT_BY_EXAMPLE:
+                from .baselines import paint_by_example
+
+                cfg = base.replace(domain=spec.domain)
+                result = _ImageResult(paint_by_example(pbe, pair, seed=cfg.seed))
+            else:
+                cfg = base.replace(injection=method, domain=spec.domain)
+                result = lab.transfer(pair, cfg)
             row = {"pair": spec.name, "method": method,
                    "seconds": time.perf_counter() - t0, "tiny_model": lab.is_tiny}
             row.update(score(result, pair, lab, cfg))
@@ -116,6 +129,13 @@ def evaluate(lab, pairs: list[PairSpec], boxes: dict | None, methods=METHODS,
             if progress is not None:
                 progress(spec.name, method)
     return rows, images
+
+
+@dataclass
+class _ImageResult:
+    """A baseline's output, shaped like a TransferResult for scoring."""
+
+    image: torch.Tensor
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
