@@ -123,18 +123,26 @@ def _config(args) -> TransferConfig:
 
 
 def _transfer(args) -> int:
-    import torch
-    from tqdm.auto import tqdm
+    config = _config(args)  # validate before importing or loading anything heavy
+    from .images import check_image_file, load_boxes
+    from .outputs import check_output
 
-    from .images import load_boxes
-    from .outputs import save_run
-    from .session import Lab
-
-    config = _config(args)  # validate before loading anything heavy
     boxes = load_boxes(args.boxes) if args.boxes else None
     objects, boxes_size = _read_pairs(args.pairs) if args.pairs else (None, None)
     if objects is None and not args.appearance:
         raise ConfigError("appearance", None, "give --appearance PATH (or --pairs JSON)")
+    # refuse bad files and an existing run now, not after loading the model and running
+    for path in ([args.appearance] if objects is None else [o["appearance"] for o in objects]
+                 ) + [args.structure]:
+        check_image_file(path)
+    check_output(args.out, args.overwrite)
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .outputs import save_run
+    from .session import Lab
+
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()
     lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
@@ -220,7 +228,7 @@ def _read_pairs(path: str) -> tuple[list[dict], int | list | None]:
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("pairs", path, f"a readable JSON file ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError("pairs", path, f"valid JSON ({exc})") from None

@@ -8,7 +8,9 @@ refresh every 5th step below 40, inversion with CFG 3.5.
 Step indices ``i`` count the denoising steps from 0 (so with 100 steps and 32
 skipped, ``i`` runs over 0..67). Ranges are half-open ``[start, end)`` and may
 reach up to ``num_steps`` (an end past the last denoising step means "to the
-end"), as in the reference's defaults.
+end"), as in the reference's defaults. The thresholds ``refresh_until`` and
+``cross_image_adain_start`` (and the period ``refresh_every``) may exceed the
+step count (up to ``MAX_STEPS``): a short schedule does not have to lower them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .errors import ConfigError
 INJECTION_MODES = ("feature", "v", "kv", "cross-image", "none")
 CORRESPONDENCE_SOURCES = ("match", "dift")
 FIT_MODES = ("stretch", "center-crop", "pad")
+#: Largest scheduler step count (and bound of the step thresholds).
+MAX_STEPS = 1000
 
 Injection = Literal["feature", "v", "kv", "cross-image", "none"]
 
@@ -49,15 +53,23 @@ class InversionConfig:
     freeu: bool = True
 
     def __post_init__(self):
-        _check_int("num_steps", self.num_steps, 1, 1000)
+        _check_int("num_steps", self.num_steps, 1, MAX_STEPS)
         _check_float("cfg_scale", self.cfg_scale, 0.0, 100.0)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_bool("freeu", self.freeu)
         if not isinstance(self.domain, str) or not self.domain.strip():
             raise ConfigError("domain", self.domain, "a non-empty word such as 'bird'")
         if not isinstance(self.prompt_template, str) or "{domain}" not in self.prompt_template:
             raise ConfigError(
                 "prompt_template", self.prompt_template, "a string containing '{domain}'"
             )
+        try:  # other placeholders or stray braces would fail later, at prompt time
+            self.prompt_template.format(domain="x")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ConfigError("prompt_template", self.prompt_template,
+                              "a string whose only placeholder is '{domain}' (write other "
+                              f"braces as '{{{{' and '}}}}'; {type(exc).__name__}: {exc})"
+                              ) from None
 
     @property
     def prompt(self) -> str:
@@ -105,10 +117,15 @@ class TransferConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        # named as here, not as InversionConfig's cfg_scale, in the error message
+        _check_float("inversion_cfg", self.inversion_cfg, 0.0, 100.0)
         self.inversion  # validates the inversion fields
         _check_int("skip_steps", self.skip_steps, 0, self.num_steps - 1,
-                   hint=f"skip_steps must leave at least one of the {self.num_steps} steps")
+                   hint=f"an integer in [0, {self.num_steps - 1}]: skip_steps must leave at "
+                   f"least one of the {self.num_steps} steps")
         _check_float("guidance", self.guidance, 0.0, 100.0)
+        for name in ("adain", "record_matches"):
+            _check_bool(name, getattr(self, name))
         if self.injection not in INJECTION_MODES:
             raise ConfigError("injection", self.injection, f"one of {', '.join(INJECTION_MODES)}")
         if self.correspondence not in CORRESPONDENCE_SOURCES:
@@ -116,21 +133,30 @@ class TransferConfig:
                               f"one of {', '.join(CORRESPONDENCE_SOURCES)}")
         for name in ("feat_range", "adain_range"):
             _check_range(name, getattr(self, name), self.num_steps)
-        _check_int("refresh_every", self.refresh_every, 0, self.num_steps,
-                   hint="0 turns the structure refresh off")
-        _check_int("refresh_until", self.refresh_until, 0, self.num_steps)
+        _check_int("refresh_every", self.refresh_every, 0, MAX_STEPS,
+                   hint=f"an integer in [0, {MAX_STEPS}]; 0 turns the structure refresh off")
+        _check_int("refresh_until", self.refresh_until, 0, MAX_STEPS)
         _check_float("cross_image_contrast", self.cross_image_contrast, 0.0, 100.0)
         g = self.cross_image_guidance
-        if not (isinstance(g, tuple) and len(g) == 2):
-            raise ConfigError("cross_image_guidance", g, "a pair (start, end) of scales >= 0")
-        for v in g:
-            _check_float("cross_image_guidance", v, 0.0, 100.0)
-        _check_int("cross_image_adain_start", self.cross_image_adain_start, 0, self.num_steps)
+        if not (isinstance(g, tuple) and len(g) == 2 and all(_is_float_in(v, 0.0, 100.0)
+                                                             for v in g)):
+            raise ConfigError("cross_image_guidance", g,
+                              "a pair (start, end) of scales, each a number in [0.0, 100.0]")
+        _check_int("cross_image_adain_start", self.cross_image_adain_start, 0, MAX_STEPS)
         _check_int("dift_timestep", self.dift_timestep, 0, 999)
         _check_int("dift_block", self.dift_block, 0, 16)
         _check_int("dift_ensemble", self.dift_ensemble, 1, 256)
-        for s in self.record_attention_steps:
-            _check_int("record_attention_steps", s, 0, self.num_steps)
+        layers = self.record_attention_layers
+        if not (isinstance(layers, tuple) and all(isinstance(n, str) for n in layers)):
+            raise ConfigError("record_attention_layers", layers,
+                              "a list of attention processor names (strings)")
+        steps = self.record_attention_steps
+        if not isinstance(steps, tuple):
+            raise ConfigError("record_attention_steps", steps,
+                              f"a list of step indices in [0, {self.num_steps}]")
+        if not all(_is_int(s) and 0 <= s <= self.num_steps for s in steps):
+            raise ConfigError("record_attention_steps", steps,
+                              f"a list of step indices, integers in [0, {self.num_steps}]")
 
     # -- derived views -------------------------------------------------------
     @property
@@ -202,10 +228,18 @@ def _check_int(name, value, lo, hi, hint: str = ""):
         raise ConfigError(name, value, hint or f"an integer in [{lo}, {hi}]")
 
 
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "true or false")
+
+
+def _is_float_in(value, lo, hi) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value == value and lo <= value <= hi)
+
+
 def _check_float(name, value, lo, hi):
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and value == value and lo <= value <= hi)
-    if not ok:
+    if not _is_float_in(value, lo, hi):
         raise ConfigError(name, value, f"a number in [{lo}, {hi}]")
 
 

@@ -48,7 +48,7 @@ class LoadedImage:
 
     name: str
     pixels: torch.Tensor
-    original_size: tuple[int, int]  # (width, height) of the file before fitting
+    original_size: tuple[int, int]  # (width, height) before fitting, EXIF orientation applied
     fit: str
     source: str | None = None
 
@@ -86,8 +86,11 @@ def _open(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image '{path}' declares absurdly large dimensions ({exc}); "
+                         f"refused before decoding (limit {MAX_PIXELS / 1e6:.0f} MP): "
+                         "downscale it first") from None
+    except UnidentifiedImageError as exc:
         raise ImageError(f"image '{path}' cannot be read as an image ({exc}); "
                          "give a PNG, JPEG, WebP or other format Pillow reads") from None
     except OSError as exc:
@@ -99,6 +102,19 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"image '{path}' is damaged or truncated ({exc}); "
                          "re-export or re-download it") from None
     return img
+
+
+def check_image_file(path: str | os.PathLike) -> tuple[int, int]:
+    """Open and decode an image file only to validate it; returns its (width, height).
+
+    Raises the same :class:`ImageError` as :func:`load_image`, so a command line can
+    refuse a bad file before it loads any model.
+    """
+    img = _open(Path(path))
+    try:
+        return img.size
+    finally:
+        img.close()
 
 
 def _check_dimensions(size: tuple[int, int], name: str):
@@ -126,15 +142,19 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROU
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img).astype(np.float64)
         if img.mode == "F":
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            finite = arr[np.isfinite(arr)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
             arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        else:
-            arr = arr / (65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16")
-                         else 255.0)
+        elif img.mode.startswith("I;16"):
+            arr = arr / 65535.0
+        else:  # 32-bit "I": the smallest of the 8/16/32-bit ranges that holds the data
+            top = arr.max(initial=0)
+            arr = arr / (255.0 if top <= 255 else 65535.0 if top <= 65535 else 2.0 ** 31 - 1)
         grey = np.clip(np.nan_to_num(arr) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
+    # alpha bands, or a tRNS transparent colour/palette entry (P, L and RGB PNGs)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        img.mode == "P" and "transparency" in img.info)
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info)
     if has_alpha:
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
@@ -147,7 +167,11 @@ def fit_image(img: Image.Image, size: int | tuple[int, int], fit: str = "stretch
     """Fit an RGB image to ``size`` (an int for square, or (width, height))."""
     if fit not in FIT_MODES:
         raise ImageError(f"fit mode '{fit}' is unknown: use one of {', '.join(FIT_MODES)}")
-    tw, th = (size, size) if isinstance(size, int) else size
+    wh = (size, size) if isinstance(size, (int, np.integer)) else size
+    if not (isinstance(wh, (tuple, list)) and len(wh) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in wh)):
+        raise ImageError(f"target size {size!r} must be a positive integer or (width, height)")
+    tw, th = int(wh[0]), int(wh[1])
     w, h = img.size
     resample = Image.Resampling.LANCZOS
     if fit == "stretch":
@@ -187,8 +211,9 @@ def load_image(source: ImageLike, size: int | tuple[int, int] = 512, fit: str = 
         raise ImageError(f"cannot load an image from a {type(source).__name__}: give a path, "
                          "a PIL image, a numpy array or a (3, H, W) tensor")
     name = name or "image"
-    original = img.size
-    rgb = fit_image(to_rgb(img, background), size, fit, background)
+    upright = to_rgb(img, background)
+    original = upright.size  # after EXIF orientation: the size the user sees
+    rgb = fit_image(upright, size, fit, background)
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
     return LoadedImage(name=name, pixels=pixels.float() / 255.0, original_size=original,
                        fit=fit, source=src)
@@ -226,6 +251,8 @@ def parse_box(value, size: tuple[int, int], name: str = "box", clip: bool = True
     a box entirely outside, or of zero area after clipping, is refused.
     """
     w, h = size
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1:
+        value = value.tolist()  # a box from a widget or an array of boxes
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise BoxError(f"{name} must be four numbers [x0, y0, x1, y1], got {value!r}")
     vals = list(value)
@@ -233,11 +260,16 @@ def parse_box(value, size: tuple[int, int], name: str = "box", clip: bool = True
         raise BoxError(f"{name} must be four numbers [x0, y0, x1, y1], got {len(vals)} values")
     nums = []
     for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(
+                v, (int, float, np.integer, np.floating)):
             raise BoxError(f"{name} has a non-numeric coordinate {v!r}; use numbers in pixels")
-        if not math.isfinite(float(v)):
-            raise BoxError(f"{name} has a non-finite coordinate {v!r}")
-        nums.append(float(v))
+        try:
+            f = float(v)
+        except OverflowError:  # an integer too large for a float
+            f = math.inf
+        if not math.isfinite(f):
+            raise BoxError(f"{name} has a non-finite or absurdly large coordinate {v!r}")
+        nums.append(f)
     x0, y0, x1, y1 = nums
     if x1 <= x0 or y1 <= y0:
         raise BoxError(f"{name} {vals} is inverted or has zero area: need x0 < x1 and y0 < y1")
@@ -258,12 +290,17 @@ def load_boxes(path: str | os.PathLike) -> dict[str, list[float]]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BoxError(f"boxes file '{p}' is not UTF-8 text ({exc.reason} at byte "
+                       f"{exc.start}): give a JSON file") from None
     except OSError as exc:
         raise BoxError(f"boxes file '{p}' cannot be read: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BoxError(f"boxes file '{p}' is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BoxError(f"boxes file '{p}' is nested too deeply to be a boxes file") from None
     if not isinstance(data, dict):
         raise BoxError(f"boxes file '{p}' must hold an object {{\"file name\": [x0, y0, x1, y1]}}")
     return data
@@ -285,6 +322,9 @@ def scale_boxes(boxes: dict, size: tuple[int, int]) -> dict:
     A boxes file may say at which model resolution its boxes were drawn, as
     ``"_size": 512`` or ``"_size": [w, h]``; without it boxes are taken as they are.
     """
+    if not isinstance(boxes, dict):
+        raise BoxError(f'boxes must be an object {{"file name": [x0, y0, x1, y1]}}, '
+                       f"got a {type(boxes).__name__}")
     declared = boxes.get("_size")
     out = {k: v for k, v in boxes.items() if not str(k).startswith("_")}
     if declared is None:
@@ -292,18 +332,21 @@ def scale_boxes(boxes: dict, size: tuple[int, int]) -> dict:
     if isinstance(declared, (int, float)) and not isinstance(declared, bool):
         declared = (declared, declared)
     if (not isinstance(declared, (list, tuple)) or len(declared) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                       for v in declared)):
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and 0 < v < 1e9 for v in declared)):
         raise BoxError(f'boxes "_size" must be a positive number or [width, height], '
                        f"got {declared!r}")
     sx, sy = size[0] / declared[0], size[1] / declared[1]
     scaled = {}
     for k, v in out.items():
-        if isinstance(v, (list, tuple)) and len(v) == 4 and all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) for c in v):
-            scaled[k] = [v[0] * sx, v[1] * sy, v[2] * sx, v[3] * sy]
-        else:
-            scaled[k] = v  # left for parse_box to report
+        try:
+            if isinstance(v, (list, tuple)) and len(v) == 4 and all(
+                    isinstance(c, (int, float)) and not isinstance(c, bool) for c in v):
+                scaled[k] = [v[0] * sx, v[1] * sy, v[2] * sx, v[3] * sy]
+                continue
+        except OverflowError:  # an integer too large for a float
+            pass
+        scaled[k] = v  # left for parse_box to report
     return scaled
 
 
@@ -340,11 +383,17 @@ def as_mask(mask, size: tuple[int, int] | None = None, name: str = "mask") -> to
 
     With ``size`` = (width, height), a mask of another size is resized (nearest).
     """
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-    if m.ndim == 3 and 1 in (m.shape[0], m.shape[-1]):
+    try:
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    except (TypeError, ValueError) as exc:
+        raise MaskError(f"{name} must be a 2-D (H, W) array of numbers or booleans, got a "
+                        f"{type(mask).__name__} ({exc})") from None
+    while m.ndim > 2 and 1 in (m.shape[0], m.shape[-1]):  # (1, H, W), (H, W, 1), (1, 1, H, W)
         m = m.squeeze(0) if m.shape[0] == 1 else m.squeeze(-1)
     if m.ndim != 2 or 0 in m.shape:
         raise MaskError(f"{name} must be a 2-D (H, W) array, got shape {tuple(m.shape)}")
+    if m.is_complex():
+        raise MaskError(f"{name} has complex values: give booleans, 0/1 or 0-255 values")
     m = m.float()
     if not torch.isfinite(m).all():
         raise MaskError(f"{name} contains NaN or Inf values")

@@ -30,6 +30,7 @@ import torch
 from . import schedule
 from .cache import TensorCache, key_of
 from .config import FreeUConfig, InversionConfig
+from .errors import DeviceOutOfMemoryError
 from .images import LoadedImage
 from .latents import encode
 from .models.loading import Models, freeu
@@ -148,7 +149,10 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
         targets = torch.cat([xts[b, 1:], x0[b:b + 1]])  # x_{t-1} for every step
         zs, landed = schedule.solve_noise(eps[b], xts[b], targets, coef, pred_type)
         traj = torch.cat([xts[b, :1], landed])  # keep x_T, then the landings
-        results.append((traj.float().cpu(), zs.float().cpu(), timesteps.cpu()))
+        # contiguous: the VAE leaves channels-last strides, and the UNet's kernels round
+        # differently on them than on the contiguous tensors read back from the cache
+        results.append((traj.float().cpu().contiguous(), zs.float().cpu().contiguous(),
+                        timesteps.cpu()))
     return results
 
 
@@ -170,8 +174,15 @@ def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfi
     unique = list(dict.fromkeys(keys[i] for i in todo))
     if unique:
         first = {k: next(i for i in todo if keys[i] == k) for k in unique}
-        computed = invert_uncached(models, [images[first[k]] for k in unique], config,
-                                   batch_size=batch_size, progress=progress)
+        try:
+            computed = invert_uncached(models, [images[first[k]] for k in unique], config,
+                                       batch_size=batch_size, progress=progress)
+        except torch.cuda.OutOfMemoryError:
+            w, h = images[first[unique[0]]].size
+            raise DeviceOutOfMemoryError(
+                f"the GPU ran out of memory inverting {len(unique)} image(s) at {w}x{h}: "
+                "reduce the inversion batch size (batch_size=) or --size, or close other "
+                "GPU programs") from None
         for key, (xts, zs, ts) in zip(unique, computed):
             if cache is not None:
                 cache.put(key, specs[first[key]], {"xts": xts, "zs": zs, "timesteps": ts})

@@ -17,7 +17,11 @@ RUN_FILES = ("result.png", "appearance_recon.png", "structure_recon.png", "strip
              "config.json")
 
 
-class OutputExistsError(E4ELabError, FileExistsError):
+class OutputError(E4ELabError, OSError):
+    """A run cannot be written where it was asked to go."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
     """The output folder already holds a run."""
 
 
@@ -40,10 +44,12 @@ def png_bytes(pixels, stamp: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def save_run(out_dir: str | Path, result, pair, extra: dict | None = None,
-             overwrite: bool = False) -> dict[str, Path]:
-    """Write the five run files into ``out_dir``; refuse to replace another run's files
-    unless ``overwrite``. Returns the written paths by name."""
+def check_output(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Raise :class:`OutputExistsError` if ``out_dir`` cannot take a new run.
+
+    Call it before a long run, so that a refusal costs nothing; :func:`save_run`
+    checks again before writing.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output '{out}' exists and is not a folder: choose another --out")
@@ -51,7 +57,24 @@ def save_run(out_dir: str | Path, result, pair, extra: dict | None = None,
     if existing and not overwrite:
         raise OutputExistsError(f"output folder '{out}' already holds a run ({existing[0]}): "
                                 "choose another --out, or pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_run(out_dir: str | Path, result, pair, extra: dict | None = None,
+             overwrite: bool = False) -> dict[str, Path]:
+    """Write the five run files into ``out_dir``; refuse to replace another run's files
+    unless ``overwrite``. Returns the written paths by name."""
+    out = check_output(out_dir, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write_run(out, result, pair, extra)
+    except OutputError:
+        raise
+    except OSError as exc:  # permissions, a full disk, a file where a folder should be...
+        raise OutputError(f"cannot write the run into '{out}': {exc}") from None
+
+
+def _write_run(out: Path, result, pair, extra: dict | None) -> dict[str, Path]:
     images = {
         "result.png": result.image,
         "appearance_recon.png": result.appearance_recon,

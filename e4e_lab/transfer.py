@@ -216,7 +216,12 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
 
     t_dec = time.perf_counter()
     finals = torch.cat([x_out, app_x[:, -1], struct_x[-1:]])
-    images = decode(models, finals).cpu()
+    try:
+        images = decode(models, finals).cpu()
+    except torch.cuda.OutOfMemoryError:
+        raise DeviceOutOfMemoryError(
+            "the GPU ran out of memory decoding the result with the VAE: reduce --size, "
+            "or close other GPU programs") from None
     timings["decode_s"] = time.perf_counter() - t_dec
     return TransferResult(image=images[0], appearance_recon=images[1],
                           structure_recon=images[-1], latents=finals.cpu(), config=config,

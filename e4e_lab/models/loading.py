@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,16 +90,28 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
-    """A bounded probe: can a TCP connection to the hub endpoint be opened?"""
+    """A bounded probe: can a TCP connection to the hub endpoint be opened in time?
+
+    Name resolution ignores socket timeouts, so the probe runs in a daemon thread and
+    is abandoned after ``timeout`` seconds.
+    """
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname
     if not host:
         return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe():
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
 
 
 def _offline() -> bool:
@@ -165,6 +178,10 @@ def load_pipeline(model: str = "auto", device: str | torch.device | None = None,
 
 
 def _load_real(model: str, device, dtype, local_files_only: bool) -> Models:
+    if not isinstance(model, str) or not model.strip():
+        raise ModelUnavailableError(
+            f"no model given ({model!r}): name a hub id such as {DEFAULT_MODEL}, a local "
+            "folder, 'auto', or --model tiny")
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").exists():
@@ -180,6 +197,11 @@ def _load_real(model: str, device, dtype, local_files_only: bool) -> Models:
     try:
         pipe = _from_pretrained(source, dtype, local)
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError...
+        if path.exists():
+            raise ModelUnavailableError(
+                f"model folder '{path}' could not be loaded ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}): it is incomplete or damaged; "
+                "save it again with diffusers' save_pretrained, or use --model tiny") from None
         where = "in the local Hugging Face cache" if local else "on the hub"
         raise ModelUnavailableError(
             f"model '{model}' could not be loaded {where} ({type(exc).__name__}: "

@@ -71,14 +71,18 @@ class SamMasker:
             looked = checkpoint or f"$E4E_SAM_CHECKPOINT or the cache ({DEFAULT_CHECKPOINT})"
             raise ModelUnavailableError(f"SAM-HQ checkpoint not found at {looked}: "
                                         + CHECKPOINT_HELP)
-        model = registry[model_type](checkpoint=None)
-        try:
+        try:  # read (and refuse) the file before building the large model
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ModelUnavailableError(f"SAM-HQ checkpoint '{path}' cannot be read as plain "
                                         f"weights ({type(exc).__name__}): {CHECKPOINT_HELP}") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
+        if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in state.items())):
+            raise ModelUnavailableError(f"'{path}' does not hold a state dict of SAM-HQ weights "
+                                        f"(found a {type(state).__name__}): {CHECKPOINT_HELP}")
+        model = registry[model_type](checkpoint=None)
         info = model.load_state_dict(state, strict=False)
         if len(info.missing_keys) > len(state) // 2 or not state:
             raise ModelUnavailableError(f"'{path}' does not hold {model_type} SAM-HQ weights "

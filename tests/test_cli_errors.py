@@ -1,0 +1,124 @@
+"""The CLI maps bad input to exit status 2 and one ``error:`` line, without a traceback.
+
+Each case runs ``python -m e4e_lab transfer ...`` in a subprocess with the tiny model
+at 64 px on a 10-step schedule, offline. The cases are independent, so they are started
+together (a few at a time) in one module fixture and each test checks one of them.
+Other stderr lines are allowed (the tiny-model warning every UI must show), but exactly
+one line starts with ``error:``, it is the last one, and it names what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--model", "tiny", "--size", "64", "--steps", "10", "--skip-steps", "3",
+        "--feat-range", "2", "8", "--adain-range", "5", "10", "--quiet"]
+
+
+def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (arguments after the common ones, fragments the error line must hold)."""
+    rng = np.random.default_rng(0)
+    for name in ("app.png", "struct.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp / name)
+    (tmp / "notes.png").write_text("not an image\n")
+    (tmp / "bad_boxes.json").write_text("{not json")
+    (tmp / "boxes.json").write_text('{"app.png": [8, 8, 56, 56], "struct.png": [4, 4, 60, 60]}')
+    run = tmp / "previous-run"
+    run.mkdir()
+    (run / "result.png").write_bytes(b"an earlier result")
+    app, struct = str(tmp / "app.png"), str(tmp / "struct.png")
+
+    outs = iter(range(100))
+
+    def io(out=None, appearance=app):  # each case writes (if ever) into its own folder
+        out = out or f"out{next(outs)}"
+        return ["--appearance", appearance, "--structure", struct, "--out", str(tmp / out)]
+
+    return {
+        "missing image": (io(appearance=str(tmp / "nowhere.png")),
+                          ["nowhere.png", "does not exist"]),
+        "not an image": (io(appearance=str(tmp / "notes.png")),
+                         ["notes.png", "cannot be read as an image"]),
+        "inverted box": (io() + ["--appearance-box", "40", "40", "10", "10"],
+                         ["appearance box", "inverted"]),
+        "non-numeric box": (io() + ["--appearance-box", "a", "b", "c", "d"],
+                            ["--appearance-box", "invalid float value"]),
+        "bad boxes json": (io() + ["--boxes", str(tmp / "bad_boxes.json")],
+                           ["bad_boxes.json", "not valid JSON"]),
+        "negative guidance": (io() + ["--guidance", "-1"],
+                              ["'guidance'", "-1.0", "[0.0, 100.0]"]),
+        "skip past the end": (io() + ["--skip-steps", "200"], ["'skip_steps'", "200", "[0, 9]"]),
+        "unknown injection": (io() + ["--injection", "q"], ["--injection", "invalid choice"]),
+        "size not a multiple": (io() + ["--size", "100"], ["'size'", "100", "multiple of 64"]),
+        "missing sam checkpoint": (io() + ["--mask", "sam", "--boxes", str(tmp / "boxes.json"),
+                                           "--sam-checkpoint", str(tmp / "sam_hq_vit_l.pth")],
+                                   ["sam_hq_vit_l.pth", "--mask box"]),
+        "unavailable model": (io() + ["--model", "./nowhere"],
+                              ["nowhere", "does not exist", "--model tiny"]),
+        "existing run": (io(out="previous-run"), ["previous-run", "--overwrite"]),
+        "debug": (io() + ["--guidance", "-1", "--debug"], ["'guidance'"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_runs(models, _offline_env, tmp_path_factory):
+    """Run every case (3 at a time); the tiny model is already built in the cache."""
+    tmp = tmp_path_factory.mktemp("cli")
+    cases = _cases(tmp)
+    env = dict(os.environ, E4E_LAB_CACHE=str(_offline_env), HF_HUB_OFFLINE="1",
+               HF_HOME=str(_offline_env / "hf-home"), E4E_SAM_CHECKPOINT="",
+               PYTHONWARNINGS="ignore")
+
+    def run(name):
+        args, _ = cases[name]
+        # the case's own options come last: argparse keeps the last value of an option
+        cmd = [sys.executable, "-m", "e4e_lab", "transfer"] + FAST + args
+        return name, subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=400)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(pool.map(run, cases))
+    return cases, results, tmp
+
+
+CASES = ["missing image", "not an image", "inverted box", "non-numeric box",
+         "bad boxes json", "negative guidance", "skip past the end", "unknown injection",
+         "size not a multiple", "missing sam checkpoint", "unavailable model", "existing run"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_exits_2_with_one_error_line(cli_runs, name):
+    cases, results, _ = cli_runs
+    proc = results[name]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    for part in cases[name][1]:
+        assert part in errors[0], f"{part!r} not in {errors[0]!r}"
+    assert "internal error" not in errors[0]
+
+
+def test_existing_run_is_left_untouched(cli_runs):
+    _, results, tmp = cli_runs
+    assert results["existing run"].returncode == 2
+    assert (tmp / "previous-run" / "result.png").read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in (tmp / "previous-run").iterdir()) == ["result.png"]
+
+
+def test_debug_shows_the_traceback(cli_runs):
+    _, results, _ = cli_runs
+    proc = results["debug"]
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ConfigError" in proc.stderr and "'guidance'" in proc.stderr
