@@ -11,7 +11,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt widgets/__init__.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_PINS)
@@ -32,6 +32,8 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_matching.py
+	$(BIN)/python benchmarks/bench_transfer.py --model tiny --reference-style
+	$(BIN)/python benchmarks/bench_explorer_click.py
 
 clean:
 	rm -rf demo-output test-artifacts .pytest_cache

@@ -1,0 +1,134 @@
+"""Every notebook executes headless (papermill) on the tiny model with small parameters.
+
+The kernel is this interpreter (``sys.executable``), through a kernelspec written into a
+temporary ``JUPYTER_PATH``: whatever kernels the machine has installed, the notebooks
+run in the environment under test, with the test session's offline cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+papermill = pytest.importorskip("papermill")
+pytest.importorskip("ipykernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+EXPECTED = ["01_quickstart", "02_boxes_and_masks", "03_correspondence_explorer",
+            "04_attention_and_injection", "05_interactive_tuning", "06_method_walkthrough"]
+BANNER = "random weights: images are not meaningful"
+KERNEL = "e4e-lab-test"
+
+# small: 64 px (latent 8x8, injected grids 4x4 and 8x8), 14 denoising steps
+SMALL = dict(model="tiny", size=64, num_steps=20, skip_steps=6, feat_range=[2, 12],
+             adain_range=[10, 20])
+
+
+def extra_parameters(name: str, tmp: Path) -> dict:
+    return {
+        "01_quickstart": {"out_dir": str(tmp / "quickstart")},
+        "02_boxes_and_masks": {"boxes_out": str(tmp / "boxes.json")},
+        "03_correspondence_explorer": {"dift_block": 2, "dift_ensemble": 2,
+                                       "feature_steps": [2, 6]},
+        "04_attention_and_injection": {"attention_step": 3},
+        "05_interactive_tuning": {"export_dir": str(tmp / "gallery")},
+        "06_method_walkthrough": {},
+    }[name]
+
+
+@pytest.fixture(scope="session")
+def kernel_name(tmp_path_factory):
+    """A kernelspec for this interpreter, found first on a temporary JUPYTER_PATH.
+
+    The repository root goes first on the kernel's PYTHONPATH, so that ``e4e_lab`` and
+    ``widgets`` are the checked-out ones even in an environment installed before
+    ``widgets/__init__.py`` existed (an old editable install maps it as a namespace).
+    """
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "e4e-lab (tests)", "language": "python",
+        "env": {"PYTHONPATH": os.pathsep.join(
+                    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+                # 64 px tensors gain nothing from threads, and on a shared CPU OpenMP's
+                # spinning threads make a kernel several times slower
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}}))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + old if old else "")
+    yield KERNEL
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
+
+
+def outputs_text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            data = out.get("data", {})
+            for mime in ("text/plain", "text/html"):
+                value = data.get(mime, "")
+                parts.append("".join(value) if isinstance(value, list) else value)
+    return "\n".join(parts)
+
+
+def test_the_six_notebooks_exist_with_a_parameters_cell():
+    import nbformat
+
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == EXPECTED
+    for name in EXPECTED:
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), name
+        assert 'model = "auto"' in code[0].source, name
+        assert all(not c.get("outputs") for c in code), f"{name} is committed with outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_runs_headless(name, kernel_name, tmp_path, _offline_env):
+    params = dict(SMALL, **extra_parameters(name, tmp_path))
+    out = tmp_path / f"{name}.out.ipynb"
+    nb = papermill.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=params,
+        kernel_name=kernel_name, cwd=str(NOTEBOOKS), progress_bar=False,
+        execution_timeout=600)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    text = outputs_text(nb)
+    assert BANNER in text, "the tiny-model banner is missing from the outputs"
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                  for c in nb.cells for o in c.get("outputs", []))
+
+    if name == "01_quickstart":
+        assert (tmp_path / "quickstart" / "result.png").exists()
+        assert json.loads((tmp_path / "quickstart" / "config.json").read_text())["tiny_model"]
+        assert images >= 2
+    elif name == "02_boxes_and_masks":
+        boxes = json.loads((tmp_path / "boxes.json").read_text())
+        assert boxes["_size"] == 64 and boxes["horse_silhouette.png"] == [2, 1, 63, 62]
+        assert widgets >= 2 and images >= 2
+    elif name == "03_correspondence_explorer":
+        assert "best match" in text and widgets >= 2 and images >= 4
+    elif name == "04_attention_and_injection":
+        assert "recorded up_blocks" in text and widgets >= 1 and images >= 2
+    elif name == "05_interactive_tuning":
+        assert "done - 2 run(s) in the gallery" in text
+        assert (tmp_path / "gallery" / "run-2" / "strip.png").exists()
+        assert images >= 1 and widgets >= 2
+    elif name == "06_method_walkthrough":
+        recon = next(line for line in text.splitlines() if "reconstruction error" in line)
+        assert float(recon.rsplit(" ", 1)[1]) < 1e-3
+        check = next(line for line in text.splitlines() if "'none' vs structure" in line)
+        assert float(check.rsplit(" ", 1)[1]) < 1e-2
+        assert images >= 7

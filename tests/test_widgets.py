@@ -1,0 +1,464 @@
+"""The widgets driven from Python, without a browser: construct, call handlers, check state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("ipycanvas")
+
+from e4e_lab import explore  # noqa: E402
+from e4e_lab.attention import E4EAttnProcessor, injected_layers  # noqa: E402
+from e4e_lab.config import TransferConfig  # noqa: E402
+from e4e_lab.correspondence import nearest_neighbors  # noqa: E402
+from e4e_lab.images import box_mask, mask_at  # noqa: E402
+from e4e_lab.models.dift import dift_features  # noqa: E402
+
+import widgets  # noqa: E402
+from widgets import (AttentionViewer, BoxDrawer, CorrespondenceExplorer,  # noqa: E402
+                     MaskEditor, PairBoxDrawer, PairMaskEditor, RunGallery, TransferPanel)
+
+SIZE = 64
+APP_BOX = (8, 6, 56, 58)
+STRUCT_BOX = (4, 10, 60, 60)
+
+
+@pytest.fixture(scope="module")
+def mlab(models, tmp_path_factory):
+    """One session for the module (its inversions are shared by the tests)."""
+    from e4e_lab.session import Lab
+
+    return Lab(models=models, cache_dir=tmp_path_factory.mktemp("widgets-cache"))
+
+
+@pytest.fixture(scope="module")
+def pair(mlab, images):
+    app = mlab.load_image(images[0], SIZE, name="app.png")
+    struct = mlab.load_image(images[1], SIZE, name="struct.png")
+    return mlab.pair(app, struct, appearance_box=APP_BOX, structure_box=STRUCT_BOX, mask="box")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return TransferConfig(num_steps=10, skip_steps=3, feat_range=(1, 6), adain_range=(5, 10),
+                          refresh_until=2, domain="bird")
+
+
+@pytest.fixture(scope="module")
+def finest(mlab):
+    return injected_layers(mlab.models.unet)[-1]  # a layer on the finest grid
+
+
+@pytest.fixture(scope="module")
+def runs(mlab, pair, cfg, finest):
+    """feature and v runs recording matches (features at step 3) and attention at step 3."""
+    out = {}
+    for mode in ("feature", "v"):
+        c = cfg.replace(injection=mode, record_attention_layers=(finest,),
+                        record_attention_steps=(3,))
+        out[mode] = explore.transfer_with_features(mlab, pair, c, feature_steps=(3,))
+    return out
+
+
+def frontend_event(canvas_widget, event, x, y):
+    """Deliver a mouse event the way the browser does (canvas pixels, top layer)."""
+    canvas_widget[2]._handle_frontend_event(None, {"event": event, "x": x, "y": y}, [])
+
+
+def serialize_all(widget):
+    """Every widget in the tree serialises its state (what a frontend would receive)."""
+    stack, seen = [widget], set()
+    while stack:
+        w = stack.pop()
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        w.get_state()
+        stack.extend(getattr(w, "children", ()) or ())
+        stack.extend(getattr(w, "_canvases", ()) or ())
+
+
+# ------------------------------------------------------------------ banner --
+
+def test_every_widget_shows_the_tiny_banner(mlab, pair, cfg, runs):
+    assert mlab.is_tiny and "random weights: images are not meaningful" in mlab.banner
+    built = [
+        BoxDrawer(pair.structure, lab=mlab),
+        PairBoxDrawer.from_pair(mlab, pair),
+        MaskEditor(pair.structure, STRUCT_BOX, lab=mlab),
+        PairMaskEditor(mlab, pair),
+        CorrespondenceExplorer(mlab, pair, result=runs["feature"]),
+        AttentionViewer(mlab, pair, list(runs.values())),
+        TransferPanel(mlab, pair, cfg),
+        RunGallery(mlab),
+    ]
+    for w in built:
+        assert widgets.has_banner(w.widget), type(w).__name__
+        assert w.banner and "random weights" in w.banner
+        assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
+        serialize_all(w.widget)
+    assert "random weights" in widgets.banner_html(mlab)
+
+
+# -------------------------------------------------------------------- boxes --
+
+def test_box_drawer_draw_move_resize(pair):
+    d = BoxDrawer(pair.structure, display_size=256)
+    assert d.box is None and d.view.scale == 4
+    # draw by dragging (from bottom-right to top-left: normalised)
+    d.on_mouse_down(40, 50)
+    d.on_mouse_move(20, 30)
+    assert d.mode == "draw" and d.box is None
+    d.on_mouse_up(10, 12)
+    assert d.box == (10, 12, 40, 50) and d.mode is None
+    assert "[10, 12, 40, 50]" in d.coords.value
+    # move by dragging inside
+    d.on_mouse_down(25, 30)
+    assert d.mode == "move"
+    d.on_mouse_move(35, 35)
+    d.on_mouse_up(35, 35)
+    assert d.box == (20, 17, 50, 55)
+    # a move cannot leave the image
+    d.on_mouse_down(30, 30)
+    d.on_mouse_up(200, 200)
+    assert d.box == (34, 26, 64, 64)
+    # resize by the north-west corner handle, then by the east edge handle
+    d.on_mouse_down(34, 26)
+    assert (d.mode, d.handle) == ("resize", "nw")
+    d.on_mouse_up(5, 6)
+    assert d.box == (5, 6, 64, 64)
+    d.on_mouse_down(64, 35)
+    assert d.handle == "e"
+    d.on_mouse_up(30, 35)
+    assert d.box == (5, 6, 30, 64)
+    # dragging a corner past the opposite one flips the box instead of inverting it
+    d.on_mouse_down(30, 64)
+    assert d.handle == "se"
+    d.on_mouse_up(2, 3)
+    assert d.box == (2, 3, 5, 6)
+    # a click outside without dragging keeps the box
+    d.on_mouse_down(50, 50)
+    d.on_mouse_up(50, 50)
+    assert d.box == (2, 3, 5, 6)
+
+
+def test_box_drawer_converts_canvas_events(pair):
+    d = BoxDrawer(pair.structure, display_size=256)
+    seen = []
+    d.observers.append(lambda drawer: seen.append(drawer.box))
+    frontend_event(d.view.canvas, "mouse_down", 40, 48)  # canvas pixels = 4 x model pixels
+    frontend_event(d.view.canvas, "mouse_move", 120, 160)
+    frontend_event(d.view.canvas, "mouse_up", 200, 240)
+    assert d.box == (10, 12, 50, 60)
+    assert seen == [(10, 12, 50, 60)]
+    frontend_event(d.view.canvas, "mouse_down", 120, 120)
+    frontend_event(d.view.canvas, "mouse_out", 400, 120)  # leaving the canvas ends the drag
+    assert d.mode is None and d.box == (24, 12, 64, 60)
+
+
+def test_pair_boxes_save_load_and_pair(mlab, pair, tmp_path):
+    d = PairBoxDrawer(mlab, pair.appearance, pair.structure, path=tmp_path / "b.json")
+    d.appearance.set_box([1, 2, 30, 40])
+    d.structure.on_mouse_down(10, 10)
+    d.structure.on_mouse_up(50, 60)
+    path = d.save()
+    data = json.loads(path.read_text())
+    assert data == {"_size": SIZE, "app.png": [1, 2, 30, 40], "struct.png": [10, 10, 50, 60]}
+
+    other = PairBoxDrawer(mlab, pair.appearance, pair.structure)
+    assert other.load(path) == {"app.png": [1, 2, 30, 40], "struct.png": [10, 10, 50, 60]}
+    # boxes drawn at another resolution are rescaled through "_size"
+    other.load({"_size": 128, "struct.png": [0, 0, 64, 128]})
+    assert other.structure.box == (0, 0, 32, 64)
+    p = d.pair(mask="box")
+    assert p.structure_box == (10, 10, 50, 60) and p.appearance_box == (1, 2, 30, 40)
+    assert torch.equal(p.structure_mask, box_mask((10, 10, 50, 60), (SIZE, SIZE)))
+    # saving into an existing file keeps other images' boxes and the file's resolution
+    shared = tmp_path / "shared.json"
+    shared.write_text(json.dumps({"_size": 128, "other.png": [1, 2, 3, 4]}))
+    d.save(shared)
+    assert json.loads(shared.read_text()) == {
+        "_size": 128, "other.png": [1, 2, 3, 4], "app.png": [2, 4, 60, 80],
+        "struct.png": [20, 20, 100, 120]}
+    assert other.load(shared) == d.boxes()
+    # loading from another file does not redirect where Save writes
+    assert d.path.value == str(shared)
+    other.path.value = str(tmp_path / "mine.json")
+    other.load(path)
+    assert other.path.value == str(tmp_path / "mine.json")
+    # the saved file is what the library reads
+    from e4e_lab.images import load_boxes, scale_boxes
+
+    assert scale_boxes(load_boxes(path), (SIZE, SIZE))["struct.png"] == [10, 10, 50, 60]
+
+
+# -------------------------------------------------------------------- masks --
+
+def test_mask_editor_box_and_grids(mlab, pair):
+    ed = MaskEditor(pair.structure, STRUCT_BOX, lab=mlab)  # no SAM checkpoint: box
+    assert ed.source.value == "box"
+    assert torch.equal(ed.mask, box_mask(STRUCT_BOX, (SIZE, SIZE)))
+    grids = explore.injected_grids(mlab.models, (SIZE, SIZE))
+    assert len(ed.grids.children) == 1 + len(grids)  # latent grid + each injected grid
+    labels = [label for label, _, _ in ed.grid_masks()]
+    assert labels[0].startswith("latent 8x8") and any(lbl.startswith("4x4") for lbl in labels)
+    ed.opacity.value = 0.2
+    assert ed.view.overlay[..., 3].max() == round(0.2 * 255)
+    ed.on_click(5, 5)  # clicks only refine SAM masks
+    assert ed.points == [] and "SAM-HQ" in ed.status.value
+    ed.source.value = "full"
+    assert ed.mask.sum() == SIZE * SIZE
+
+
+def test_mask_editor_sam_clicks(mlab, pair):
+    from e4e_lab.models.sam import SamMasker
+
+    pytest.importorskip("segment_anything_hq")
+    masker = SamMasker.random()
+    ed = MaskEditor(pair.structure, STRUCT_BOX, lab=mlab, masker=masker)
+    assert ed.source.value == "sam"
+    assert ed.mask.shape == (SIZE, SIZE) and set(ed.mask.unique().tolist()) <= {0.0, 1.0}
+    ed.on_click(30, 30)
+    ed.click_label.value = 0
+    ed.on_click(5, 5)
+    assert ed.points == [(30.0, 30.0), (5.0, 5.0)] and ed.labels == [1, 0]
+    expected = masker.mask(pair.structure, STRUCT_BOX, [(30.0, 30.0), (5.0, 5.0)], [1, 0])
+    assert torch.equal(ed.mask, expected)
+    ed.undo()
+    assert ed.labels == [1]
+    ed.reset()
+    assert ed.points == []
+
+
+def test_pair_mask_editor_builds_the_pair(mlab, pair):
+    ed = PairMaskEditor(mlab, pair)
+    ed.structure.source.value = "full"
+    p = ed.pair()
+    assert p.structure_mask.sum() == SIZE * SIZE
+    assert torch.equal(p.appearance_mask, box_mask(APP_BOX, (SIZE, SIZE)))
+
+
+# ---------------------------------------------------------- correspondence --
+
+def test_explorer_dift_heatmap_argmax_is_nearest_neighbor(mlab, pair, monkeypatch):
+    ex = CorrespondenceExplorer(mlab, pair, block=2, timestep=261, ensemble=2, compute=False)
+    assert ex.lookup is None and "Compute" in ex.status.value  # nothing computed yet
+    lookup = ex.compute_dift()
+    grid = lookup.target_grid
+    assert grid == (8, 8) and lookup.ref_grid == (8, 8)
+
+    ft = dift_features(mlab.models, pair.structure, 261, 2, 2, "", 0).features
+    fr = dift_features(mlab.models, pair.appearance, 261, 2, 2, "", 0).features
+    c = ft.shape[0]
+    rm = mask_at(pair.appearance_mask, grid).flatten()
+    tm = mask_at(pair.structure_mask, grid).flatten()
+    nn_ref_masked, _ = nearest_neighbors(ft.reshape(c, -1).T, fr.reshape(c, -1).T, None, rm)
+    nn_both, _ = nearest_neighbors(ft.reshape(c, -1).T, fr.reshape(c, -1).T, tm, rm)
+
+    # a click must not recompute features
+    def fail(*a, **k):
+        raise AssertionError("a click recomputed DIFT features")
+
+    monkeypatch.setattr("e4e_lab.models.dift.dift_features", fail)
+    for x, y in [(3, 3), (20, 33), (40, 12), (60, 61), (31.5, 47)]:
+        match = ex.select(x, y)
+        cell = explore.pixel_to_cell(x, y, (SIZE, SIZE), grid)
+        assert ex.cell == cell
+        assert match == int(nn_ref_masked[cell])
+        heat = ex.heat.flatten().masked_fill(rm == 0, float("-inf"))
+        assert int(heat.argmax()) == match
+        assert ex.heat.shape == grid
+        assert ex.match_xy == explore.cell_center(match, grid, (SIZE, SIZE))
+        assert "best match" in ex.info.value
+    # the warped-reference field is the transfer's masked matching
+    assert torch.equal(ex.field.index, nn_both)
+    assert ex.warped_image.value and ex.unused_image.value
+    assert 0.0 <= ex.unused_fraction <= 1.0
+    # without the mask restriction the argmax runs over the whole reference
+    ex.restrict.value = False
+    assert ex.select(20, 33) == int(ex.heat.flatten().argmax())
+
+
+def test_explorer_hover_is_throttled(mlab, pair):
+    ex = CorrespondenceExplorer(mlab, pair, block=2, ensemble=1, hover_interval=10.0)
+    n = ex.updates
+    ex.on_hover(10, 10)
+    ex.on_hover(50, 50)
+    assert ex.updates == n + 1 and ex.selected == (10.0, 10.0)
+    ex.hover.value = False
+    ex.hover_interval = 0.0
+    ex.on_hover(50, 50)
+    assert ex.selected == (10.0, 10.0)
+    frontend_event(ex.target_view.canvas, "mouse_down", 4 * 50, 4 * 50)
+    assert ex.selected == (50.0, 50.0)
+
+
+def test_explorer_recorded_matches(mlab, pair, runs, finest):
+    res = runs["feature"]
+    rec = res.recorder
+    assert (finest, 3) in rec.features and (finest, 4) in rec.matches
+    ex = CorrespondenceExplorer(mlab, pair, result=res)
+    assert ex.source.value == "recorded"
+    ex.use_recorded(finest, 3)
+    fld = rec.matches[(finest, 3)]
+    grid = fld.target_shape
+    tm = mask_at(pair.structure_mask, grid).flatten()
+    rm = mask_at(pair.appearance_mask, grid).flatten()
+    inside = [k for k in range(tm.numel()) if tm[k] > 0]
+    for cell in inside[:: max(1, len(inside) // 6)]:
+        x, y = explore.cell_center(cell, grid, (SIZE, SIZE))
+        match = ex.select(x, y)
+        assert match == int(fld.index[cell]) >= 0
+        # the heatmap from the recorded features explains the recorded match
+        heat = ex.heat.flatten().masked_fill(rm == 0, float("-inf"))
+        assert int(heat.argmax()) == match
+    # outside the target mask: no match (background keeps its own features)
+    outside = next(k for k in range(tm.numel()) if tm[k] == 0)
+    assert ex.select(*explore.cell_center(outside, grid, (SIZE, SIZE))) == -1
+    # a step recorded without features: the match only
+    ex.use_recorded(finest, 4)
+    x, y = explore.cell_center(inside[0], grid, (SIZE, SIZE))
+    assert ex.select(x, y) == int(rec.matches[(finest, 4)].index[inside[0]])
+    assert ex.heat is None and ex.heat_overlay() is not None
+
+
+# --------------------------------------------------------------- attention --
+
+def test_attention_viewer_feature_vs_v(mlab, pair, runs, finest):
+    viewer = AttentionViewer(mlab, pair, {"feature": runs["feature"], "v": runs["v"]})
+    assert viewer.layer.value == finest and viewer.step.value == 3
+    grid = viewer.grid
+    viewer.select(30, 40)
+    cell = explore.pixel_to_cell(30, 40, (SIZE, SIZE), grid)
+    assert viewer.query_cell == cell
+    for label, res in runs.items():
+        probs = res.recorder.attention[(finest, 3)]["output"]
+        expected = probs[:, cell].float().mean(0).reshape(grid)
+        assert torch.allclose(viewer.maps[label], expected)
+        assert abs(float(viewer.maps[label].sum()) - 1) < 1e-2  # a softmax row
+    assert not torch.allclose(viewer.maps["feature"], viewer.maps["v"])
+    assert viewer.head.label == "mean"
+    viewer.set_view(head=1)
+    probs = runs["v"].recorder.attention[(finest, 3)]["output"]
+    assert torch.allclose(viewer.maps["v"], probs[1, cell].float().reshape(grid))
+    viewer.set_view(branch="appearance")
+    assert viewer.peaks["feature"] == int(viewer.maps["feature"].flatten().argmax())
+    assert "appearance layout" in viewer.captions["v"].value
+
+
+# ---------------------------------------------------------- transfer panel --
+
+def _restored(unet):
+    return not any(isinstance(p, E4EAttnProcessor) for p in unet.attn_processors.values())
+
+
+def test_transfer_panel_stop_mid_run_then_run_again(mlab, pair, cfg):
+    gallery = RunGallery(mlab)
+    panel = TransferPanel(mlab, pair, cfg, gallery=gallery, preview_every=2)
+    # press Stop from inside step 1 (the loop checks between steps: it stops before step 2)
+    panel.observers.append(lambda ev: ev.step == 1 and panel.stop_button.click())
+    assert panel.run()
+    assert not panel.run()  # one run at a time
+    assert panel.wait(120) == "cancelled"
+    assert panel.cancelled_at == 2 and panel.steps_done == 2 < panel.total_steps
+    assert panel.result is None and gallery.runs == []
+    assert not panel.run_button.disabled and panel.stop_button.disabled
+    assert "stopped before step 2" in panel.status.value
+    assert _restored(mlab.models.unet)
+
+    # the session is still usable: change settings and run to completion
+    panel.observers.clear()
+    panel.set(injection="v", guidance=1.0, adain_range=(4, 10), mask=False, seed=cfg.seed)
+    assert panel.config().injection == "v" and panel.config().guidance == 1.0
+    assert panel.run(block=True) and panel.state == "done", panel.error
+    assert panel.steps_done == panel.total_steps == cfg.denoising_steps
+    assert panel.progress.value == panel.progress.max
+    assert panel.steps_per_s > 0 and "steps/s" in panel.status.value
+    assert panel.preview.value and panel.result_image.value
+    assert panel.preview_steps == [1, 3, 5, 6]
+    assert not panel.inverted and "inversion reused" in panel.status.value
+    assert panel.result.image.shape == (3, SIZE, SIZE)
+    assert len(gallery.runs) == 1 and gallery.runs[0].masked is False
+    assert _restored(mlab.models.unet)
+
+
+def test_transfer_panel_reports_invalid_settings(mlab, pair, cfg):
+    panel = TransferPanel(mlab, pair, cfg, preview="vae")
+    with pytest.raises(KeyError):
+        panel.set(num_steps=3)
+    panel.set(feat_range=(1, 4), adain_range=(3, 5))
+    panel.base = cfg.replace(num_steps=5, feat_range=(1, 4), adain_range=(3, 5))
+    panel.skip_steps.value = 7  # leaves no denoising step of 5
+    assert not panel.run() and panel.state == "failed"
+    assert "skip_steps" in panel.status.value
+    panel.show_preview(torch.zeros(4, 8, 8))  # VAE preview path
+    assert panel.preview.value
+
+
+# ------------------------------------------------------------------ gallery --
+
+def test_gallery_compare_and_export(mlab, pair, runs, tmp_path):
+    g = RunGallery(mlab, export_dir=tmp_path)
+    assert "no runs" in g.table.value
+    g.add(runs["feature"], pair, name="feature")
+    g.add(runs["v"], pair, name="v")
+    g.select([0, 1])
+    names = g.compare()
+    assert names == ["feature", "v"]
+    assert len(g.comparison.children) == 4  # appearance, structure, two results
+    assert "<b>feature</b>" in g.table.value and "<b>v</b>" in g.table.value  # they differ
+    assert "injection=v" in widgets.widget_text(g.comparison)
+    paths = g.export_selected()
+    assert [p.name for p in paths] == ["feature", "v"]
+    cfg = json.loads((paths[1] / "config.json").read_text())
+    assert cfg["config"]["injection"] == "v" and cfg["run_name"] == "v" and cfg["tiny_model"]
+    assert (paths[0] / "strip.png").exists()
+    # exporting again refuses to overwrite and says so
+    assert g.export_selected() == [] and "already holds a run" in g.status.value
+
+
+# -------------------------------------------------------------------- misc --
+
+def test_render_heat_colours_follow_values():
+    from widgets import render
+
+    vals = torch.arange(16.0).reshape(4, 4)
+    rgba = render.heat_rgba(vals, 0.5)
+    assert rgba.shape == (4, 4, 4) and rgba.dtype == np.uint8
+    lum = rgba[..., :3].astype(int).sum(-1).flatten()
+    assert (np.diff(lum) >= 0).all()  # brighter for higher similarity
+    big = render.resize_nearest(rgba, 64, 64)
+    assert (big[:16, :16] == rgba[0, 0]).all()
+
+
+def test_click_benchmark_runs_small(_offline_env, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_explorer_click.py"
+    spec = importlib.util.spec_from_file_location("bench_explorer_click", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--clicks", "5", "--grid", "16", "--channels", "32", "--size", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "whole explorer.select" in out and "click update:" in out
+
+
+def test_explore_cells_and_patch_warp(pair):
+    from e4e_lab.correspondence import CorrespondenceField
+
+    assert explore.pixel_to_cell(0, 0, (64, 64), (8, 8)) == 0
+    assert explore.pixel_to_cell(63.9, 8, (64, 64), (8, 8)) == 15
+    assert explore.pixel_to_cell(500, 500, (64, 64), (8, 8)) == 63  # clamped
+    assert explore.cell_center(9, (8, 8), (64, 64)) == (12.0, 12.0)
+    identity = CorrespondenceField(torch.arange(64), torch.ones(64), (8, 8), (8, 8))
+    assert torch.equal(explore.warped_reference(identity, pair), pair.appearance.pixels)
+    none = CorrespondenceField(torch.full((64,), -1), torch.zeros(64), (8, 8), (8, 8))
+    assert torch.equal(explore.warped_reference(none, pair), pair.structure.pixels)
+    cells = mask_at(pair.appearance_mask, (8, 8))  # every reference cell in the mask is unused
+    assert explore.unused_reference(none, pair).sum() == cells.sum() * (SIZE // 8) ** 2
+    assert explore.unused_fraction(identity, pair.appearance_mask) == 0.0

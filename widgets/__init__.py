@@ -1,0 +1,26 @@
+"""JupyterLab widgets for e4e-lab (ipywidgets 8 + ipycanvas).
+
+Each widget is a small class: its state is plain attributes, its event handlers are
+methods (callable from tests without a browser), and ``.widget`` is what to display
+(``display(obj)`` works too). The method lives in ``e4e_lab``; these only draw it.
+
+- :class:`BoxDrawer`, :class:`PairBoxDrawer`: draw / move / resize boxes, save the JSON
+- :class:`MaskEditor`, :class:`PairMaskEditor`: SAM-HQ masks with clicks, at layer grids
+- :class:`CorrespondenceExplorer`: click a target pixel, see its match and heatmap
+- :class:`AttentionViewer`: attention of a query pixel per layer / step / head / branch
+- :class:`TransferPanel`: knobs, Run / Stop in a background thread, live previews
+- :class:`RunGallery`: runs with their parameters, side by side, export
+- ``widgets.figures``: static matplotlib figures for the notebooks
+"""
+
+from .attention import AttentionViewer
+from .boxes import BoxDrawer, PairBoxDrawer
+from .common import banner_html, banner_widget, has_banner, show_banner, widget_text
+from .correspondence import CorrespondenceExplorer
+from .gallery import RunGallery, RunRecord
+from .masks import MaskEditor, PairMaskEditor
+from .transfer_panel import TransferPanel
+
+__all__ = ["AttentionViewer", "BoxDrawer", "CorrespondenceExplorer", "MaskEditor",
+           "PairBoxDrawer", "PairMaskEditor", "RunGallery", "RunRecord", "TransferPanel",
+           "banner_html", "banner_widget", "has_banner", "show_banner", "widget_text"]

@@ -1,0 +1,205 @@
+"""Attention viewer: where does a query pixel attend, at a layer, step, head and branch?
+
+Give it one or more transfer results that recorded attention (``TransferConfig(
+record_attention_layers=..., record_attention_steps=...)``), typically the same pair
+run with ``feature`` and ``v`` injection: the same query is shown for every run side by
+side. Under ``feature`` injection queries and keys are both projected from the
+rearranged appearance features; under ``v`` they come from the output's own
+(structure) features and only the values are rearranged.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Mapping, Sequence
+
+import ipywidgets as W
+import torch
+
+from e4e_lab import explore
+
+from . import render
+from .canvas import ImageCanvas, hold_canvas
+from .common import LabWidget, captioned, image_widget
+
+
+MEAN = -1  # the head choice "mean over heads"
+
+
+def _label_results(results) -> dict[str, object]:
+    if isinstance(results, Mapping):
+        return dict(results)
+    out: dict[str, object] = {}
+    for r in results if isinstance(results, Sequence) else [results]:
+        label, n = r.config.injection, 2
+        while label in out:
+            label, n = f"{r.config.injection} ({n})", n + 1
+        out[label] = r
+    return out
+
+
+class AttentionViewer(LabWidget):
+    def __init__(self, lab, pair, results, display_size: int = 192, opacity: float = 0.7):
+        self.lab, self.pair = lab, pair
+        self.results = _label_results(results)
+        if not self.results:
+            raise ValueError("give at least one transfer result")
+        missing = [k for k, r in self.results.items()
+                   if r.recorder is None or not r.recorder.attention]
+        if missing:
+            raise ValueError(f"results {missing} recorded no attention: run them with "
+                             "TransferConfig(record_attention_layers=(...), "
+                             "record_attention_steps=(...))")
+        self.size = pair.structure.size
+        self.query: tuple[float, float] | None = None
+        self.query_cell: int | None = None
+        self.maps: dict[str, torch.Tensor | None] = {}
+        self.peaks: dict[str, int] = {}
+        self._layouts: dict[int, str] = {}
+        self._quiet = False
+
+        first = next(iter(self.results.values())).recorder
+        keys = list(first.attention)
+        layers = list(dict.fromkeys(layer for layer, _ in keys))
+        self.layer = W.Dropdown(
+            options=[(f"{explore.short_layer_name(n)} ({first.grids[n][0]}x{first.grids[n][1]})",
+                      n) for n in layers], description="layer")
+        self.step = W.Dropdown(options=[], description="step")
+        self.head = W.Dropdown(options=[("mean", MEAN)], value=MEAN, description="head")
+        branches = [b for b in explore.ATTENTION_BRANCHES if b in first.attention[keys[0]]]
+        self.branch = W.Dropdown(options=branches, value="output", description="branch")
+        self.opacity = W.FloatSlider(value=opacity, min=0, max=1, step=0.05,
+                                     description="opacity")
+        self.info = W.HTML()
+        self.query_view = ImageCanvas(pair.structure, display_size)
+        self.query_view.on("down", self.select)
+        self.key_views: dict[str, ImageCanvas] = {}
+        self.captions: dict[str, W.HTML] = {}
+        panels = []
+        for label, res in self.results.items():
+            self.key_views[label] = ImageCanvas(pair.structure, display_size)
+            self.captions[label] = W.HTML()
+            panels.append(W.VBox([W.HTML(f"<b>{html.escape(label)}</b> "
+                                         f"(injection: {html.escape(res.config.injection)})"),
+                                  self.key_views[label].canvas, self.captions[label]]))
+        thumbs = [captioned(image_widget(render.resize_nearest(
+            render.to_uint8(r.image), *render.display_shape(self.size, 128)), width=128),
+            f"result: {label}") for label, r in self.results.items()]
+
+        self.layer.observe(self._on_layer, names="value")
+        for w in (self.step, self.head, self.branch, self.opacity):
+            w.observe(lambda _: self.update(), names="value")
+        self.widget = self._frame(
+            W.HBox([self.layer, self.step]), W.HBox([self.head, self.branch, self.opacity]),
+            W.HBox([captioned(self.query_view.canvas, "query: click a pixel")] + panels),
+            self.info, W.HBox(thumbs), title="Attention viewer")
+        self._on_layer(None)
+
+    # --------------------------------------------------------------- choices --
+    def _on_layer(self, _change) -> None:
+        first = next(iter(self.results.values())).recorder
+        steps = sorted(s for (lay, s) in first.attention if lay == self.layer.value)
+        heads = first.attention[(self.layer.value, steps[0])]["output"].shape[0] if steps else 0
+        self._quiet = True  # one redraw after the choices change, not one per change
+        try:
+            current = self.step.value
+            self.step.options = steps
+            self.step.value = current if current in steps else (steps[0] if steps else None)
+            head = self.head.value
+            self.head.options = [("mean", MEAN)] + [(str(h), h) for h in range(heads)]
+            self.head.value = head if head != MEAN and head < heads else MEAN
+        finally:
+            self._quiet = False
+        self.update()
+
+    @property
+    def head_index(self) -> int | None:
+        """The chosen head, or None for the mean over heads."""
+        return None if self.head.value == MEAN else int(self.head.value)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return next(iter(self.results.values())).recorder.grids[self.layer.value]
+
+    def set_view(self, layer: str | None = None, step: int | None = None,
+                 head: int | None | str = "keep", branch: str | None = None) -> None:
+        if layer is not None:
+            self.layer.value = layer
+        if step is not None:
+            self.step.value = step
+        if head != "keep":
+            self.head.value = MEAN if head is None else head
+        if branch is not None:
+            self.branch.value = branch
+        self.update()
+
+    def _show(self, view: ImageCanvas, layout: str) -> None:
+        """Draw the image whose layout a view follows (only when it changes)."""
+        if self._layouts.get(id(view)) != layout:
+            image = self.pair.appearance if layout == "appearance" else self.pair.structure
+            view.draw_image(image.pixels)
+            self._layouts[id(view)] = layout
+
+    # -------------------------------------------------------------- clicking --
+    def select(self, x: float, y: float) -> None:
+        """Query model pixel (x, y) (in the query branch's image)."""
+        self.query = (float(x), float(y))
+        self.update()
+
+    def probs(self, label: str) -> torch.Tensor | None:
+        rec = self.results[label].recorder
+        entry = rec.attention.get((self.layer.value, self.step.value))
+        return None if entry is None else entry.get(self.branch.value)
+
+    def update(self) -> None:
+        """Recompute every run's attention map for the current query and redraw."""
+        if self._quiet:
+            return
+        branch = self.branch.value
+        self._show(self.query_view, explore.query_layout(branch))
+        self.maps.clear()
+        self.peaks.clear()
+        if self.query is not None and self.layer.value is not None:
+            self.query_cell = explore.pixel_to_cell(*self.query, self.size, self.grid)
+        with hold_canvas():
+            self.query_view.clear_marks()
+            if self.query is not None:
+                self.query_view.mark_point(*self.query, render.TARGET_COLOR, radius=5)
+            for label, view in self.key_views.items():
+                self._draw_key(label, view, branch)
+        if self.query is None:
+            self.info.value = "<i>click a query pixel</i>"
+        else:
+            r, c = divmod(self.query_cell, self.grid[1])
+            head = "mean over heads" if self.head_index is None else f"head {self.head_index}"
+            self.info.value = (f"query ({self.query[0]:.0f}, {self.query[1]:.0f}) = cell "
+                               f"({r}, {c}) of {self.grid[0]}x{self.grid[1]}; step "
+                               f"{self.step.value}, {head}, branch {branch}")
+
+    def _draw_key(self, label: str, view: ImageCanvas, branch: str) -> None:
+        res = self.results[label]
+        layout = explore.key_layout(res.config.injection, branch)
+        self._show(view, layout)
+        view.clear_marks()
+        probs = self.probs(label)
+        if self.query is None or probs is None:
+            view.set_overlay(None)
+            self.maps[label] = None
+            self.captions[label].value = ("<i>not recorded at this layer/step/branch</i>"
+                                          if probs is None else "")
+            return
+        amap = explore.attention_map(probs, self.query_cell, self.grid, self.head_index)
+        self.maps[label] = amap
+        peak = int(amap.flatten().argmax())
+        self.peaks[label] = peak
+        view.set_overlay(render.heat_rgba(amap, self.opacity.value, vmin=0.0))
+        view.mark_point(*explore.cell_center(peak, self.grid, self.size), render.MATCH_COLOR,
+                        radius=4, cross=True)
+        if layout == explore.query_layout(branch):
+            view.mark_point(*self.query, render.TARGET_COLOR, radius=3)
+        ent = explore.attention_entropy(amap)
+        uniform = float(torch.log(torch.tensor(float(amap.numel()))))
+        pr, pc = divmod(peak, self.grid[1])
+        self.captions[label].value = (
+            f"keys over the {layout} layout; peak cell ({pr}, {pc}) weight "
+            f"{float(amap.flatten()[peak]):.3f}; entropy {ent:.2f} of {uniform:.2f} (uniform)")

@@ -1,0 +1,117 @@
+"""Pieces shared by every widget: the tiny-model banner, image widgets, the base class."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+import numpy as np
+
+from . import render
+
+TINY_TEXT = "random weights: images are not meaningful"
+_BANNER_STYLE = ("background:#c00000;color:white;font-weight:bold;padding:4px 8px;"
+                 "border-radius:3px;margin:2px 0")
+
+
+def banner_text(lab) -> str | None:
+    """The banner for a session (``lab.banner``) when its model is the tiny one."""
+    if lab is None or not getattr(lab, "is_tiny", False):
+        return None
+    text = getattr(lab, "banner", None) or ""
+    return text if TINY_TEXT in text else f"{TINY_TEXT.capitalize()}. {text}".strip()
+
+
+def banner_html(lab) -> str:
+    """HTML of the banner ('' when a real model is loaded)."""
+    text = banner_text(lab)
+    if not text:
+        return ""
+    return f'<div class="e4e-banner" style="{_BANNER_STYLE}">&#9888; {html.escape(text)}</div>'
+
+
+def banner_widget(lab) -> W.HTML | None:
+    text = banner_html(lab)
+    return W.HTML(text) if text else None
+
+
+def show_banner(lab) -> None:
+    """Display the banner in a notebook output (nothing with real weights)."""
+    from IPython.display import HTML, display
+
+    text = banner_html(lab)
+    if text:
+        display(HTML(text))
+
+
+def widget_text(widget) -> str:
+    """All text values (HTML, labels, descriptions) in a widget tree, for tests."""
+    parts = []
+    stack = [widget]
+    while stack:
+        w = stack.pop()
+        for attr in ("value", "description"):
+            v = getattr(w, attr, None)
+            if isinstance(v, str):
+                parts.append(v)
+        stack.extend(getattr(w, "children", ()) or ())
+    return "\n".join(parts)
+
+
+def has_banner(widget) -> bool:
+    return TINY_TEXT in widget_text(widget)
+
+
+def image_widget(image: np.ndarray | None = None, width: int | None = None) -> W.Image:
+    """An ``ipywidgets.Image`` showing an (H, W, 3|4) uint8 array as PNG."""
+    w = W.Image(format="png")
+    if width:
+        w.layout.width = f"{width}px"
+    if image is not None:
+        w.value = render.png(image)
+    return w
+
+
+def set_image(widget: W.Image, image: np.ndarray, width: int | None = None) -> None:
+    if width is not None:
+        h, w = image.shape[:2]
+        if max(h, w) < width:  # upscale small maps crisply instead of letting CSS blur them
+            s = max(1, width // max(h, w))
+            image = render.resize_nearest(image, h * s, w * s)
+    widget.value = render.png(image)
+
+
+def captioned(widget, caption: str) -> W.VBox:
+    return W.VBox([W.HTML(f"<b>{html.escape(caption)}</b>"), widget])
+
+
+def status_html(message: str, kind: str = "info") -> str:
+    color = {"info": "#333", "ok": "#176b2c", "warn": "#9a5b00", "error": "#b00020"}[kind]
+    return f'<span style="color:{color}">{html.escape(message)}</span>'
+
+
+class LabWidget:
+    """Base of the widget classes: a ``.widget`` to display, plus the session banner.
+
+    Subclasses set ``self.widget`` (built with :meth:`_frame`) and keep their state as
+    plain attributes; event handlers are ordinary methods tests can call.
+    """
+
+    widget: W.Widget
+    lab = None
+
+    @property
+    def banner(self) -> str | None:
+        return banner_text(self.lab)
+
+    def _frame(self, *children, title: str | None = None) -> W.VBox:
+        head = []
+        b = banner_widget(self.lab)
+        if b is not None:
+            head.append(b)
+        if title:
+            head.append(W.HTML(f"<h4 style='margin:4px 0'>{html.escape(title)}</h4>"))
+        return W.VBox(head + [c for c in children if c is not None])
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

@@ -1,0 +1,184 @@
+"""Run gallery: every run with its parameters, side-by-side comparison, export."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ipywidgets as W
+
+from e4e_lab import explore
+from e4e_lab.errors import E4ELabError
+from e4e_lab.outputs import save_run
+
+from . import render
+from .common import LabWidget, captioned, image_widget, status_html
+
+# Parameters shown for every run (the ones the transfer panel changes).
+SHOWN = ("injection", "correspondence", "guidance", "skip_steps", "feat_range", "adain",
+         "adain_range", "seed", "freeu", "num_steps")
+
+
+@dataclass
+class RunRecord:
+    """One finished transfer with what is needed to show and export it."""
+
+    name: str
+    result: object  # TransferResult
+    pair: object  # Pair
+    created: float = field(default_factory=time.time)
+    masked: bool = True
+    note: str = ""
+
+    @property
+    def config(self):
+        return self.result.config
+
+    def params(self) -> dict:
+        d = self.config.to_dict()
+        out = {k: d[k] for k in SHOWN}
+        out["mask"] = self.masked
+        out["ms/step"] = round(self.result.timings.get("ms_per_step", float("nan")), 1)
+        return out
+
+    def summary(self) -> str:
+        c = self.config
+        adain = f"adain={list(c.adain_range)}" if c.adain else "no adain"
+        return (f"{self.name}: {c.injection}, g={c.guidance:g}, skip={c.skip_steps}, "
+                f"feat={list(c.feat_range)}, {adain}, seed={c.seed}"
+                f"{'' if self.masked else ', no mask'}{'' if c.freeu else ', no FreeU'}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+class RunGallery(LabWidget):
+    def __init__(self, lab=None, export_dir: str | Path = "runs", thumb: int = 160):
+        self.lab = lab
+        self.runs: list[RunRecord] = []
+        self.thumb = thumb
+        self.selector = W.SelectMultiple(options=[], description="runs", rows=6,
+                                         layout=W.Layout(width="640px"))
+        self.compare_button = W.Button(description="Compare selected", icon="columns")
+        self.export_dir = W.Text(value=str(export_dir), description="export to",
+                                 layout=W.Layout(width="420px"))
+        self.export_button = W.Button(description="Export selected", icon="download")
+        self.table = W.HTML()
+        self.comparison = W.HBox()
+        self.status = W.HTML()
+        self.compare_button.on_click(lambda _: self.compare())
+        self.export_button.on_click(lambda _: self.export_selected())
+        self.widget = self._frame(self.selector, W.HBox([self.compare_button]),
+                                  W.HBox([self.export_dir, self.export_button]), self.status,
+                                  self.table, self.comparison, title="Run gallery")
+        self._refresh()
+
+    # ---------------------------------------------------------------- runs --
+    def add(self, result, pair, name: str | None = None, masked: bool = True,
+            note: str = "") -> RunRecord:
+        name = name or f"run {len(self.runs) + 1}"
+        if any(r.name == name for r in self.runs):
+            name = f"{name} ({len(self.runs) + 1})"
+        record = RunRecord(name, result, pair, masked=masked, note=note)
+        self.runs.append(record)
+        self._refresh()
+        return record
+
+    def _refresh(self) -> None:
+        self.selector.options = [(r.summary(), i) for i, r in enumerate(self.runs)]
+        self.table.value = self.params_table()
+
+    def params_table(self, indices=None) -> str:
+        """HTML table of the runs' parameters; values that differ between them in bold."""
+        runs = [self.runs[i] for i in (range(len(self.runs)) if indices is None else indices)]
+        if not runs:
+            return "<i>no runs yet: press Run in the transfer panel</i>"
+        differ = set(explore.config_diff([r.config for r in runs]))
+        if len({r.masked for r in runs}) > 1:
+            differ.add("mask")
+        cols = ["name"] + list(runs[0].params())
+        head = "".join(f"<th style='padding:0 6px'>{html.escape(c)}</th>" for c in cols)
+        rows = []
+        for r in runs:
+            cells = [html.escape(r.name)]
+            for k, v in r.params().items():
+                text = html.escape(str(list(v) if isinstance(v, tuple) else v))
+                cells.append(f"<b>{text}</b>" if k in differ else text)
+            rows.append("<tr>" + "".join(f"<td style='padding:0 6px'>{c}</td>"
+                                         for c in cells) + "</tr>")
+        return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+    def _indices(self, runs) -> list[int]:
+        if runs is None:
+            return list(self.selector.value)
+        out = []
+        for r in runs:
+            if isinstance(r, int):
+                out.append(r)
+            else:
+                out.append(next(i for i, rec in enumerate(self.runs) if rec.name == r))
+        return out
+
+    def select(self, runs) -> None:
+        """Select runs by index or name."""
+        self.selector.value = tuple(self._indices(runs))
+
+    # ------------------------------------------------------------- compare --
+    def compare(self, runs=None) -> list[str]:
+        """Show the chosen runs (default: the selection) side by side; returns their names."""
+        idx = self._indices(runs)
+        if not idx:
+            self.status.value = status_html("select one or more runs to compare", "warn")
+            return []
+        panels = []
+        differ = explore.config_diff([self.runs[i].config for i in idx]) if len(idx) > 1 else {}
+        for i in idx:
+            rec = self.runs[i]
+            img = render.to_uint8(rec.result.image)
+            shape = render.display_shape((img.shape[1], img.shape[0]), self.thumb)
+            pic = image_widget(render.resize_nearest(img, *shape), width=self.thumb)
+            diff = ", ".join(f"{k}={v[idx.index(i)]}" for k, v in differ.items())
+            panels.append(W.VBox([captioned(pic, rec.name),
+                                  W.HTML(f"<small>{html.escape(diff or rec.summary())}</small>")]))
+        pair = self.runs[idx[0]].pair
+        inputs = []
+        for label, im in (("appearance", pair.appearance), ("structure", pair.structure)):
+            shape = render.display_shape(im.size, self.thumb)
+            inputs.append(captioned(image_widget(render.resize_nearest(im.to_uint8(), *shape),
+                                                 width=self.thumb), label))
+        self.comparison.children = inputs + panels
+        self.table.value = self.params_table(idx)
+        names = [self.runs[i].name for i in idx]
+        self.status.value = status_html(f"comparing {', '.join(names)}", "ok")
+        return names
+
+    # -------------------------------------------------------------- export --
+    def export(self, run, folder: str | Path | None = None, overwrite: bool = False) -> Path:
+        """Write a run (images + config JSON) with ``save_run`` into ``folder/<run name>``."""
+        i = self._indices([run])[0]
+        rec = self.runs[i]
+        out = Path(folder if folder is not None else self.export_dir.value).expanduser() \
+            / _slug(rec.name)
+        save_run(out, rec.result, rec.pair, overwrite=overwrite,
+                 extra={"run_name": rec.name, "masked": rec.masked, "note": rec.note})
+        return out
+
+    def export_selected(self, folder: str | Path | None = None, overwrite: bool = False
+                        ) -> list[Path]:
+        idx = self._indices(None)
+        if not idx:
+            self.status.value = status_html("select the runs to export", "warn")
+            return []
+        paths = []
+        try:
+            for i in idx:
+                paths.append(self.export(i, folder, overwrite))
+        except (E4ELabError, OSError) as exc:
+            self.status.value = status_html(str(exc), "error")
+            return paths
+        self.status.value = status_html("exported to " + ", ".join(map(str, paths)), "ok")
+        return paths

@@ -1,0 +1,193 @@
+"""Mask editor: SAM-HQ mask from the box, refined by object/background clicks.
+
+The overlay opacity is adjustable, and the mask is also shown at the resolutions
+the method actually uses it: the latent grid (masked AdaIN) and the grids of the
+injected self-attention layers (matching).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ipywidgets as W
+import torch
+
+from e4e_lab import explore
+from e4e_lab.errors import E4ELabError, ModelUnavailableError
+from e4e_lab.images import LoadedImage
+
+from . import render
+from .canvas import ImageCanvas, hold_canvas
+from .common import LabWidget, captioned, image_widget, set_image, status_html
+
+SOURCES = [("SAM-HQ (box + clicks)", "sam"), ("box", "box"), ("whole image", "full")]
+
+
+def default_masker(lab):
+    """``lab.sam()`` when a SAM-HQ checkpoint is available, else None."""
+    if lab is None:
+        return None
+    try:
+        return lab.sam() if lab.sam_available() else None
+    except ModelUnavailableError:
+        return None
+
+
+class MaskEditor(LabWidget):
+    """One image: its box, clicks and mask."""
+
+    def __init__(self, image: LoadedImage, box=None, lab=None, masker=None,
+                 source: str = "auto", title: str | None = None, display_size: int = 256,
+                 opacity: float = 0.5, grid_size: int = 96, models=None, banner: bool = True):
+        self.lab = lab if banner else None
+        self.models = models if models is not None else getattr(lab, "models", None)
+        self.image, self.box = image, None if box is None else tuple(box)
+        self.masker = masker
+        if source == "auto":
+            source = "sam" if (masker is not None and box is not None) else "box"
+        self.points: list[tuple[float, float]] = []
+        self.labels: list[int] = []
+        self.mask: torch.Tensor = torch.ones(image.size[1], image.size[0])
+        self.observers: list[Callable[["MaskEditor"], None]] = []
+        self.grid_size = grid_size
+
+        self.view = ImageCanvas(image, display_size)
+        self.view.on("down", self.on_click)
+        self.source = W.Dropdown(options=SOURCES, value=source, description="mask from")
+        self.click_label = W.ToggleButtons(options=[("object +", 1), ("background -", 0)],
+                                           value=1, description="clicks add",
+                                           tooltips=["positive click: part of the object",
+                                                     "negative click: not the object"])
+        self.opacity = W.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05,
+                                     description="opacity", continuous_update=True)
+        self.undo_button = W.Button(description="Undo click", icon="undo")
+        self.reset_button = W.Button(description="Reset clicks", icon="times")
+        self.status = W.HTML()
+        self.grids = W.HBox()
+        self.source.observe(lambda _: self.update(), names="value")
+        self.opacity.observe(lambda _: self.draw(), names="value")
+        self.undo_button.on_click(lambda _: self.undo())
+        self.reset_button.on_click(lambda _: self.reset())
+        self.widget = self._frame(
+            self.view.canvas, self.source, self.click_label, self.opacity,
+            W.HBox([self.undo_button, self.reset_button]), self.status,
+            W.HTML("<i>what the method sees:</i>"), self.grids,
+            title=title or image.name)
+        self.update()
+
+    # --------------------------------------------------------------- events --
+    def on_click(self, x: float, y: float) -> None:
+        """Add a click at model pixel (x, y) with the current label and recompute."""
+        if self.source.value != "sam":
+            self.status.value = status_html(
+                "clicks refine SAM-HQ masks: choose 'SAM-HQ' as the mask source", "warn")
+            return
+        self.points.append((float(x), float(y)))
+        self.labels.append(int(self.click_label.value))
+        self.update()
+
+    def undo(self) -> None:
+        if self.points:
+            self.points.pop()
+            self.labels.pop()
+            self.update()
+
+    def reset(self) -> None:
+        self.points.clear()
+        self.labels.clear()
+        self.update()
+
+    def set_box(self, box) -> None:
+        self.box = None if box is None else tuple(box)
+        self.update()
+
+    # ---------------------------------------------------------- computation --
+    def update(self) -> None:
+        """Recompute the mask from the source, box and clicks, and redraw."""
+        source = self.source.value
+        if source == "sam" and self.masker is None:
+            self.mask = explore.object_mask(self.image, self.box, "box")
+            self.status.value = status_html(
+                "SAM-HQ checkpoint not found: the mask is the box (pass sam_checkpoint= to "
+                "Lab, or a masker= here)", "warn")
+        else:
+            try:
+                self.mask = explore.object_mask(self.image, self.box, source, self.masker,
+                                                self.points, self.labels)
+            except (E4ELabError, ValueError) as exc:
+                self.status.value = status_html(str(exc), "error")
+                return
+            n = int(self.mask.sum())
+            total = self.mask.numel()
+            kind = "warn" if n == 0 else "ok"
+            extra = " (empty: add an object click or use the box)" if n == 0 else ""
+            self.status.value = status_html(
+                f"mask: {n} of {total} pixels ({100 * n / total:.0f}%), "
+                f"{len(self.points)} click(s){extra}", kind)
+        self.draw()
+        self.draw_grids()
+        for fn in self.observers:
+            fn(self)
+
+    # -------------------------------------------------------------- drawing --
+    def draw(self) -> None:
+        with hold_canvas():
+            self.view.set_overlay(render.mask_rgba(self.mask, render.OBJECT_COLOR,
+                                                   self.opacity.value))
+            self.view.clear_marks()
+            if self.box is not None:
+                self.view.mark_box(self.box, (255, 200, 0))
+            for (x, y), lab in zip(self.points, self.labels):
+                self.view.mark_point(x, y, render.OBJECT_COLOR if lab else
+                                     render.BACKGROUND_COLOR, radius=5)
+
+    def grid_masks(self) -> list[tuple[str, tuple[int, int], torch.Tensor]]:
+        return [] if self.models is None else explore.layer_masks(self.models, self.mask)
+
+    def draw_grids(self) -> None:
+        items = []
+        base = self.image.to_uint8()
+        for label, grid, m in self.grid_masks():
+            shown = render.composite(base, render.mask_rgba(m, render.OBJECT_COLOR, 0.55))
+            img = image_widget(width=self.grid_size)
+            set_image(img, render.resize_nearest(shown, self.grid_size, self.grid_size))
+            items.append(captioned(img, f"{label}: {int(m.sum())}/{m.numel()} cells"))
+        self.grids.children = items
+
+
+class PairMaskEditor(LabWidget):
+    """Mask editors for both images of a pair; :meth:`pair` builds the edited pair."""
+
+    def __init__(self, lab, pair, masker=None, display_size: int = 256, **kwargs):
+        self.lab = lab
+        self.base_pair = pair
+        masker = masker if masker is not None else default_masker(lab)
+        common = dict(lab=lab, masker=masker, display_size=display_size, banner=False,
+                      **kwargs)
+        self.appearance = MaskEditor(pair.appearance, pair.appearance_box,
+                                     title=f"appearance (reference): {pair.appearance.name}",
+                                     **common)
+        self.structure = MaskEditor(pair.structure, pair.structure_box,
+                                    title=f"structure (target): {pair.structure.name}", **common)
+        self.status = W.HTML()
+        self.widget = self._frame(W.HBox([self.appearance.widget, self.structure.widget]),
+                                  self.status, title="Masks")
+
+    @classmethod
+    def from_boxes(cls, lab, drawer, **kwargs) -> "PairMaskEditor":
+        """From a :class:`~widgets.boxes.PairBoxDrawer` (masks start as SAM or box masks)."""
+        return cls(lab, drawer.pair(mask="box"), **kwargs)
+
+    def pair(self):
+        """The pair with the edited masks (raises MaskError for an empty mask)."""
+        p = self.base_pair
+        try:
+            out = self.lab.pair(p.appearance, p.structure, appearance_box=p.appearance_box,
+                                structure_box=p.structure_box, appearance_mask=self.appearance.mask,
+                                structure_mask=self.structure.mask)
+        except E4ELabError as exc:
+            self.status.value = status_html(str(exc), "error")
+            raise
+        out.mask_mode = "edited"
+        self.status.value = status_html("pair updated with the edited masks", "ok")
+        return out

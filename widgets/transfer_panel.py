@@ -1,0 +1,254 @@
+"""Transfer panel: the knobs of a transfer, Run / Stop, progress and live previews.
+
+The transfer runs in a background thread, so the kernel stays free to handle widget
+events while it runs (the Stop button, the other viewers). Stop sets a
+``threading.Event`` that the denoising loop checks between steps. Inversions are
+reused from the ``Lab`` cache: a change of guidance, ranges or injection mode re-runs
+only the denoising (seed, FreeU and the step count change the inversion itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable
+
+import ipywidgets as W
+
+from e4e_lab.config import CORRESPONDENCE_SOURCES, INJECTION_MODES, TransferConfig
+from e4e_lab.errors import E4ELabError, TransferCancelled
+from e4e_lab.explore import model_lock
+from e4e_lab.images import full_mask
+from e4e_lab.latents import decode, fast_preview
+
+from . import render
+from .common import LabWidget, captioned, image_widget, set_image, status_html
+
+log = logging.getLogger(__name__)
+
+# config fields the panel controls
+CONTROLLED = ("injection", "correspondence", "guidance", "skip_steps", "feat_range", "adain",
+              "adain_range", "seed", "freeu")
+
+
+class TransferPanel(LabWidget):
+    def __init__(self, lab, pair, config: TransferConfig | None = None, gallery=None,
+                 preview_every: int = 5, preview: str = "fast", display_size: int = 192):
+        self.lab, self.pair = lab, pair
+        self.base = config or TransferConfig()
+        self.gallery = gallery
+        self.display_size = display_size
+        n = self.base.num_steps
+        # state
+        self.state = "idle"  # idle | inverting | running | done | cancelled | failed
+        self.result = None
+        self.error: BaseException | None = None
+        self.steps_done = 0
+        self.total_steps = 0
+        self.steps_per_s = 0.0
+        self.cancelled_at: int | None = None
+        self.inverted = False  # whether the last run had to invert (cache miss)
+        self.preview_steps: list[int] = []
+        self.observers: list[Callable] = []  # called with each StepEvent (worker thread)
+        self.runs = 0
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+
+        b = self.base
+        style = {"description_width": "110px"}
+        wide = W.Layout(width="460px")
+        self.injection = W.ToggleButtons(options=list(INJECTION_MODES), value=b.injection,
+                                         description="injection", style=style)
+        names = {"match": "per-layer features", "dift": "DIFT field"}
+        self.correspondence = W.ToggleButtons(
+            options=[(names.get(s, s), s) for s in CORRESPONDENCE_SOURCES],
+            value=b.correspondence, description="matching", style=style)
+        self.guidance = W.FloatSlider(value=b.guidance, min=0.0, max=10.0, step=0.1,
+                                      description="guidance", style=style, layout=wide)
+        self.skip_steps = W.IntSlider(value=b.skip_steps, min=0, max=n - 1,
+                                      description="skip steps", style=style, layout=wide)
+        self.feat_range = W.IntRangeSlider(value=b.feat_range, min=0, max=n,
+                                           description="feature range", style=style, layout=wide)
+        self.adain = W.Checkbox(value=b.adain, description="masked AdaIN")
+        self.adain_range = W.IntRangeSlider(value=b.adain_range, min=0, max=n,
+                                            description="AdaIN range", style=style, layout=wide)
+        self.seed = W.BoundedIntText(value=b.seed, min=0, max=2**31 - 1, description="seed",
+                                     style=style)
+        self.mask = W.Checkbox(value=True, description="use object masks")
+        self.freeu = W.Checkbox(value=b.freeu, description="FreeU")
+        self.preview_every = W.IntSlider(value=preview_every, min=1, max=20,
+                                         description="preview every", style=style)
+        self.preview_mode = W.Dropdown(options=[("fast (latent to RGB)", "fast"),
+                                                ("VAE decode", "vae")], value=preview,
+                                       description="preview", style=style)
+        self.run_button = W.Button(description="Run", icon="play", button_style="success")
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger",
+                                    disabled=True)
+        self.run_button.on_click(lambda _: self.run())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.progress = W.IntProgress(value=0, min=0, max=max(1, b.denoising_steps),
+                                      description="steps", style=style, layout=wide)
+        self.status = W.HTML(status_html("ready"))
+        self.preview = image_widget(width=display_size)
+        self.result_image = image_widget(width=3 * display_size)
+        self.skip_steps.observe(self._on_skip, names="value")
+
+        controls = W.VBox([self.injection, self.correspondence, self.guidance, self.skip_steps,
+                           self.feat_range, W.HBox([self.adain, self.mask, self.freeu]),
+                           self.adain_range, self.seed,
+                           W.HBox([self.preview_every, self.preview_mode])])
+        self.widget = self._frame(
+            controls, W.HBox([self.run_button, self.stop_button]), self.progress, self.status,
+            W.HBox([captioned(self.preview, "predicted x0 (live)"),
+                    captioned(self.result_image, "structure | appearance | result")]),
+            title="Transfer")
+
+    # --------------------------------------------------------------- config --
+    def _on_skip(self, change) -> None:
+        if not self.running:
+            self.progress.max = max(1, self.base.num_steps - change["new"])
+
+    def set(self, **values) -> None:
+        """Set controls by config field name (and ``mask``), as a user would."""
+        for name, value in values.items():
+            if name not in CONTROLLED + ("mask",):
+                raise KeyError(f"the panel has no control for '{name}'; it controls "
+                               f"{', '.join(CONTROLLED + ('mask',))}")
+            getattr(self, name).value = tuple(value) if isinstance(value, list) else value
+
+    def config(self) -> TransferConfig:
+        """The config the controls describe (raises ConfigError if invalid)."""
+        return self.base.replace(**{name: getattr(self, name).value for name in CONTROLLED})
+
+    def run_pair(self):
+        """The pair a run uses: the session's, or with whole-image masks when masks are off."""
+        if self.mask.value:
+            return self.pair
+        full_a, full_s = full_mask(self.pair.appearance.size), full_mask(self.pair.structure.size)
+        return dataclasses.replace(self.pair, appearance_mask=full_a, structure_mask=full_s,
+                                   mask_mode="none")
+
+    # ------------------------------------------------------------ run, stop --
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self, block: bool = False) -> bool:
+        """Start a transfer in a background thread (``block=True`` waits for it).
+
+        Returns False (and says why in the status) if a run is already going or the
+        settings are invalid.
+        """
+        if self.running:
+            self.status.value = status_html("a run is in progress: Stop it first", "warn")
+            return False
+        try:
+            config = self.config()
+        except E4ELabError as exc:
+            self.state, self.error = "failed", exc
+            self.status.value = status_html(str(exc), "error")
+            return False
+        self._cancel.clear()
+        self.state, self.error, self.cancelled_at = "inverting", None, None
+        self.steps_done, self.steps_per_s, self.inverted = 0, 0.0, False
+        self.total_steps = config.denoising_steps
+        self.preview_steps = []
+        self.progress.max, self.progress.value = max(1, self.total_steps), 0
+        self.progress.bar_style = ""
+        self.run_button.disabled, self.stop_button.disabled = True, False
+        self.status.value = status_html("starting...")
+        self._thread = threading.Thread(target=self._work, args=(config, self.run_pair(),
+                                                                 self.mask.value),
+                                        name="e4e-transfer", daemon=True)
+        self._thread.start()
+        if block:
+            self.wait()
+        return True
+
+    def stop(self) -> None:
+        """Ask the running transfer to stop before its next step."""
+        if self.running:
+            self._cancel.set()
+            self.status.value = status_html("stopping after the current step...", "warn")
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Wait for the running transfer; returns the final state."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state
+
+    # ------------------------------------------------------- worker thread --
+    def _work(self, config: TransferConfig, pair, masked: bool) -> None:
+        start = time.perf_counter()
+        try:
+            with model_lock(self.lab.models):
+                result = self.lab.transfer(pair, config, callback=self._on_step,
+                                           cancel=self._cancel,
+                                           inversion_progress=self._on_inversion)
+        except TransferCancelled as exc:
+            self.state, self.cancelled_at = "cancelled", exc.step
+            self.status.value = status_html(
+                f"stopped before step {exc.step} of {exc.total}; the session is ready for "
+                "another run", "warn")
+            self.progress.bar_style = "warning"
+        except Exception as exc:  # shown in the panel; the thread must not die silently
+            self.state, self.error = "failed", exc
+            if not isinstance(exc, E4ELabError):
+                log.exception("transfer failed")
+            self.status.value = status_html(f"failed: {exc}", "error")
+            self.progress.bar_style = "danger"
+        else:
+            self.result, self.state = result, "done"
+            self.runs += 1
+            self.progress.bar_style = "success"
+            self._show_result(result, pair)
+            if self.gallery is not None:
+                self.gallery.add(result, pair, masked=masked)
+            took = time.perf_counter() - start
+            cache = "inverted the pair" if self.inverted else "inversion reused from the cache"
+            self.status.value = status_html(
+                f"done in {took:.1f} s ({self.steps_per_s:.1f} steps/s; {cache})", "ok")
+        finally:
+            self.run_button.disabled, self.stop_button.disabled = False, True
+
+    def _on_inversion(self, done: int, total: int) -> None:
+        self.inverted = True
+        self.state = "inverting"
+        self.status.value = status_html(f"inverting the pair (once per image and settings): "
+                                        f"{done}/{total} UNet evaluations")
+
+    def _on_step(self, event) -> None:
+        self.state = "running"
+        self.steps_done = event.step + 1
+        self.steps_per_s = self.steps_done / max(event.elapsed, 1e-9)
+        self.progress.value = self.steps_done
+        flags = ", ".join(f for f, on in (("injecting", event.injected), ("AdaIN", event.adain))
+                          if on)
+        self.status.value = status_html(
+            f"step {self.steps_done}/{event.total} (t={event.timestep}{', ' if flags else ''}"
+            f"{flags}) - {self.steps_per_s:.2f} steps/s")
+        last = self.steps_done == event.total
+        if self.steps_done % self.preview_every.value == 0 or last:
+            self.show_preview(event.pred_x0)
+            self.preview_steps.append(event.step)
+        for fn in self.observers:
+            fn(event)
+
+    def show_preview(self, latent) -> None:
+        """Show a (4, h, w) latent: linear latent-to-RGB map, or the VAE."""
+        if self.preview_mode.value == "vae":
+            image = decode(self.lab.models, latent[None].float())[0]
+        else:
+            image = fast_preview(latent)
+        arr = render.to_uint8(image)
+        set_image(self.preview, render.resize_nearest(
+            arr, *render.display_shape((arr.shape[1], arr.shape[0]), self.display_size)))
+
+    def _show_result(self, result, pair) -> None:
+        strip = render.to_uint8(result.strip(pair.structure.pixels, pair.appearance.pixels))
+        h, w = strip.shape[:2]
+        scale = self.display_size / h
+        set_image(self.result_image, render.resize_smooth(strip, self.display_size,
+                                                          round(w * scale)))
