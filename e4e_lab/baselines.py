@@ -15,8 +15,6 @@ not meaningful), saved once and loaded through the same ``from_pretrained`` path
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from PIL import Image
 from .errors import ModelUnavailableError
 from .images import to_uint8
 from .models.loading import default_device, default_dtype
-from .models.tiny import TINY_SEED, cache_root, tiny_model_path
+from .models.tiny import TINY_SEED, build_once, cache_root, tiny_model_path
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +78,9 @@ def _build_tiny(folder: Path) -> None:
 
 
 def tiny_pbe_path(root: Path | None = None) -> Path:
-    from filelock import FileLock
-
-    folder = (Path(root) if root else cache_root()) / "models" / TINY_PBE_VERSION
-    marker = folder / "E4E_TINY_MODEL.txt"
-    if marker.exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if not marker.exists():
-            staging = Path(tempfile.mkdtemp(prefix=".pbe-", dir=folder.parent))
-            try:
-                _build_tiny(staging)
-                if folder.exists():
-                    shutil.rmtree(folder)
-                staging.rename(folder)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    """Folder of the tiny random Paint-by-Example, built on first use."""
+    return build_once((Path(root) if root else cache_root()) / "models" / TINY_PBE_VERSION,
+                      _build_tiny)
 
 
 def _load_components(source: str, dtype, local: bool):

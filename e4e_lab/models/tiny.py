@@ -131,12 +131,14 @@ def _build(folder: Path) -> None:
         "e4e-lab for tests and demos. Its images are not meaningful.\n", encoding="utf-8")
 
 
-def tiny_model_path(root: Path | None = None) -> Path:
-    """Folder of the tiny pipeline, built on first use (safe across processes)."""
+def build_once(folder: Path, build) -> Path:
+    """Run ``build(staging_folder)`` once for ``folder`` (safe across processes).
+
+    The builder writes into a staging folder that is renamed into place, so a reader
+    never sees a half-written model; ``E4E_TINY_MODEL.txt`` marks a finished build.
+    """
     from filelock import FileLock
 
-    root = Path(root) if root is not None else cache_root()
-    folder = root / "models" / TINY_VERSION
     marker = folder / "E4E_TINY_MODEL.txt"
     if marker.exists():
         return folder
@@ -144,16 +146,22 @@ def tiny_model_path(root: Path | None = None) -> Path:
     with FileLock(str(folder) + ".lock"):
         if marker.exists():
             return folder
-        log.info("building the tiny offline model into %s", folder)
-        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+        log.info("building an offline random-weight model into %s", folder)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            _build(staging)
+            build(staging)
             if folder.exists():
                 shutil.rmtree(folder)
             staging.rename(folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def tiny_model_path(root: Path | None = None) -> Path:
+    """Folder of the tiny pipeline, built on first use."""
+    root = Path(root) if root is not None else cache_root()
+    return build_once(root / "models" / TINY_VERSION, _build)
 
 
 def is_tiny_folder(path: str | os.PathLike) -> bool:
