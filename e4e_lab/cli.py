@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="run every method over a folder of pairs and score them",
                        description="Writes results.csv and report.html into --out. Under "
-                       "`accelerate launch -m e4e_lab evaluate ...` pairs are split across "
-                       "processes (one GPU each) and the CSVs merged.")
+                       "`accelerate launch --multi_gpu --num_processes N -m e4e_lab evaluate ...` "
+                       "pairs are split across N processes (one GPU each, or CPU processes "
+                       "when no GPU is visible) and the CSVs merged.")
     e.add_argument("--pairs-dir", required=True, metavar="DIR",
                    help="folder with pairs.json (and optionally boxes.json), e.g. example/")
     e.add_argument("--out", required=True, metavar="DIR")
@@ -177,8 +178,6 @@ def _transfer(args) -> int:
         for bar in bars.values():
             bar.close()
     extra = {"wall_s": round(time.perf_counter() - t0, 2)}
-    if objects is not None:
-        extra["objects"] = pair.describe()
     paths = save_run(args.out, result, pair, overwrite=args.overwrite, extra=extra)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
@@ -215,7 +214,7 @@ def _evaluate(args) -> int:
 
     path = run_distributed(make_lab, args.pairs_dir, args.out, tuple(args.methods), base,
                            args.mask, args.size, progress)
-    if path.exists():
+    if path is not None:  # the main process (the others return None)
         print(f"wrote {path} and {path.parent / 'report.html'}", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
@@ -23,6 +24,16 @@ class OutputError(E4ELabError, OSError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """The output folder already holds a run."""
+
+
+class RunInputs(Protocol):
+    """What :func:`save_run` reads of a run's inputs (``session.Pair``, ``session.MultiPair``)."""
+
+    def describe(self) -> dict:
+        """JSON-able description of the inputs, merged into config.json."""
+
+    def strip_inputs(self) -> list:
+        """(label, LoadedImage) of the strip's panels before the result, left to right."""
 
 
 TINY_STAMP = "TINY RANDOM-WEIGHT MODEL: images are not meaningful"
@@ -60,7 +71,7 @@ def check_output(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def save_run(out_dir: str | Path, result, pair, extra: dict | None = None,
+def save_run(out_dir: str | Path, result, pair: RunInputs, extra: dict | None = None,
              overwrite: bool = False) -> dict[str, Path]:
     """Write the five run files into ``out_dir``; refuse to replace another run's files
     unless ``overwrite``. Returns the written paths by name."""
@@ -74,12 +85,13 @@ def save_run(out_dir: str | Path, result, pair, extra: dict | None = None,
         raise OutputError(f"cannot write the run into '{out}': {exc}") from None
 
 
-def _write_run(out: Path, result, pair, extra: dict | None) -> dict[str, Path]:
+def _write_run(out: Path, result, pair: RunInputs, extra: dict | None) -> dict[str, Path]:
+    panels = pair.strip_inputs()
     images = {
         "result.png": result.image,
         "appearance_recon.png": result.appearance_recon,
         "structure_recon.png": result.structure_recon,
-        "strip.png": result.strip(pair.structure.pixels, pair.appearance.pixels),
+        "strip.png": result.strip(*(image.pixels for _, image in panels)),
     }
     paths = {}
     for name, px in images.items():
@@ -92,10 +104,8 @@ def _write_run(out: Path, result, pair, extra: dict | None) -> dict[str, Path]:
         "tiny_model": result.is_tiny,
         "note": ("TINY OFFLINE MODEL with random weights: images are not meaningful"
                  if result.is_tiny else None),
-        "appearance": pair.appearance.source or pair.appearance.name,
-        "structure": pair.structure.source or pair.structure.name,
-        "appearance_box": pair.appearance_box, "structure_box": pair.structure_box,
-        "mask": pair.mask_mode, "size": list(pair.size), "fit": pair.structure.fit,
+        **pair.describe(),
+        "strip": [label for label, _ in panels] + ["result"],
         "injected_layers": result.layers,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "config": result.config.to_dict(),

@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 MASK_MODES = ("auto", "sam", "box", "none")
 
 
+def _source(image: LoadedImage) -> str:
+    """How a run's config.json names an input image: its path, else its name."""
+    return image.source or image.name
+
+
+def _describe(structure: LoadedImage, mask_mode: str, /, **inputs) -> dict:
+    """A run's inputs for its config.json: ``inputs``, then the keys every pair shares."""
+    return {**inputs, "mask": mask_mode, "size": list(structure.size), "fit": structure.fit}
+
+
 @dataclass
 class MultiPair:
     """A structure image with several (target region, reference region) pairs.
@@ -56,20 +66,20 @@ class MultiPair:
     def size(self) -> tuple[int, int]:
         return self.structure.size
 
-    # what run summaries (outputs.save_run) read of a pair
-    @property
-    def appearance(self) -> LoadedImage:
-        """The first reference image (the strip shows it as 'appearance')."""
-        return self.references[0]
+    def describe(self) -> dict:
+        """JSON-able inputs (config.json): the structure and the object pairs, which read
+        like the ``objects`` of a ``--pairs`` file."""
+        objects = [{"target_box": tb, "appearance": _source(self.references[r.reference]),
+                    "appearance_box": ab} for r, (tb, ab) in zip(self.regions, self.boxes)]
+        return _describe(self.structure, self.mask_mode, structure=_source(self.structure),
+                         objects=objects)
 
-    appearance_box = None
-    structure_box = None
-
-    def describe(self) -> list[dict]:
-        """JSON-able description of the object pairs."""
-        return [{"target_box": tb, "appearance": self.references[r.reference].source
-                 or self.references[r.reference].name, "appearance_box": ab}
-                for r, (tb, ab) in zip(self.regions, self.boxes)]
+    def strip_inputs(self) -> list[tuple[str, LoadedImage]]:
+        """(label, image) of the strip's panels before the result: structure | references."""
+        many = len(self.references) > 1
+        return [("structure", self.structure)] + [
+            (f"appearance {n + 1}" if many else "appearance", ref)
+            for n, ref in enumerate(self.references)]
 
 
 @dataclass
@@ -87,6 +97,16 @@ class Pair:
     @property
     def size(self) -> tuple[int, int]:
         return self.structure.size
+
+    def describe(self) -> dict:
+        """JSON-able inputs (config.json): both images and their boxes."""
+        return _describe(self.structure, self.mask_mode, appearance=_source(self.appearance),
+                         structure=_source(self.structure), appearance_box=self.appearance_box,
+                         structure_box=self.structure_box)
+
+    def strip_inputs(self) -> list[tuple[str, LoadedImage]]:
+        """(label, image) of the strip's panels before the result: structure | appearance."""
+        return [("structure", self.structure), ("appearance", self.appearance)]
 
 
 class Lab:

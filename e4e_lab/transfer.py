@@ -31,7 +31,6 @@ from .attention import (BatchLayout, InjectionState, RegionPair, RunRecorder, in
 from .config import FreeUConfig, TransferConfig
 from .correspondence import CorrespondenceField
 from .errors import ConfigError, DeviceOutOfMemoryError, MaskError, NumericalError, TransferCancelled
-from .images import mask_at
 from .inversion import InversionResult, text_embeddings
 from .latents import decode
 from .models.loading import Models, freeu
@@ -70,18 +69,24 @@ class TransferResult:
     timings: dict[str, float] = field(default_factory=dict)
     appearance_recons: list[torch.Tensor] = field(default_factory=list)  # all references
 
-    def strip(self, structure: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
-        """(3, H, 3W): structure | appearance | result."""
-        return torch.cat([structure.float().cpu(), appearance.float().cpu(), self.image], dim=2)
+    def strip(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """(3, H, (len(inputs) + 1) W): the (3, H, W) inputs side by side, then the result;
+        usually ``strip(structure, appearance)``: structure | appearance | result."""
+        return torch.cat([x.float().cpu() for x in inputs] + [self.image], dim=2)
 
 
-def _check_masks(pairs: list[RegionPair], grids) -> None:
-    for n, pair in enumerate(pairs):
-        suffix = f" of pair {n}" if len(pairs) > 1 else ""
-        for name, m in (("structure (target) mask", pair.target_mask),
-                        ("appearance (reference) mask", pair.ref_mask)):
+def _check_masks(state: InjectionState, grids) -> None:
+    """Refuse a mask that covers fewer than 2 cells of a grid (matching and AdaIN need 2).
+
+    Reads the masks the state resizes (and keeps) for the run, so each is resized once.
+    """
+    cells = {g: [[int(m.sum()) for m in pair_masks] for pair_masks in state.masks(g)]
+             for g in grids}
+    for n in range(len(state.pairs)):
+        suffix = f" of pair {n}" if len(state.pairs) > 1 else ""
+        for role, name in enumerate(("structure (target) mask", "appearance (reference) mask")):
             for g in grids:
-                if mask_at(m, g).sum() < 2:
+                if cells[g][n][role] < 2:
                     raise MaskError(
                         f"the {name}{suffix} covers fewer than 2 cells of the {g[0]}x{g[1]} grid "
                         "used by matching and AdaIN: draw a larger box, refine the SAM mask, "
@@ -147,13 +152,13 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     layers = injected_layers(unet)
     grids = sorted({(latent_hw[0] // layer_level(n, unet), latent_hw[1] // layer_level(n, unet))
                     for n in layers})
-    _check_masks(pairs, grids + [latent_hw])
     recorder = recorder if recorder is not None else RunRecorder.from_config(config)
     state = InjectionState(config, latent_hw, pairs, device, dift_field=dift_field,
                            recorder=recorder)
+    _check_masks(state, grids + [latent_hw])
     state.precompute(grids)
-    lat_masks = [(mask_at(p.target_mask, latent_hw).to(device),
-                  mask_at(p.ref_mask, latent_hw).to(device), p.reference) for p in pairs]
+    lat_masks = [(tm.view(latent_hw), rm.view(latent_hw), p.reference)
+                 for p, (tm, rm) in zip(pairs, state.masks(latent_hw))]
     n_ref = len(appearances)
 
     timesteps = structure.timesteps

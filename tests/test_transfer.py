@@ -1,9 +1,14 @@
 """The denoising loop: invariants, injection bookkeeping, guidance paths, AdaIN, events."""
 
+import json
+import sys
 import threading
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from e4e_lab.adain import masked_adain, masked_stats
 from e4e_lab.attention import RunRecorder, injected_layers
@@ -11,6 +16,7 @@ from e4e_lab.config import TransferConfig
 from e4e_lab.errors import MaskError, TransferCancelled
 from e4e_lab.images import box_mask, full_mask
 from e4e_lab.latents import decode
+from e4e_lab.outputs import save_run
 
 from conftest import SMALL
 
@@ -150,6 +156,35 @@ def test_tiny_box_mask_is_refused_before_running(lab, images, fast_config):
         lab.transfer(pair, fast_config)
 
 
+def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
+    objects = [{"appearance": images[0]}, {"appearance": images[0], "target_box": (0, 0, 2, 2)}]
+    mp = lab.multi_pair(images[1], objects, mask="box", size=SMALL)
+    with pytest.raises(MaskError, match=r"the structure \(target\) mask of pair 1 covers fewer "
+                       r"than 2 cells of the 4x4 grid .*--mask box"):
+        lab.transfer_multi(mp, fast_config)
+
+
+def test_masks_are_resized_once_per_grid(lab, images, fast_config, monkeypatch):
+    """The mask check reads the masks the injection state keeps (no second resize)."""
+    from e4e_lab.images import mask_at as real
+
+    resized = Counter()
+
+    def counting(mask, shape):
+        resized[(id(mask), tuple(shape))] += 1
+        return real(mask, shape)
+
+    for name, module in list(sys.modules.items()):  # wherever the library imported it
+        if name.startswith("e4e_lab") and getattr(module, "mask_at", None) is real:
+            monkeypatch.setattr(module, "mask_at", counting)
+    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 48, 64),
+                    structure_box=(8, 0, 64, 64))
+    lab.transfer(pair, fast_config)
+    # two masks on the injected grids, the finest of which is the latent (AdaIN) grid
+    assert {s for _, s in resized} == {(8, 8), (4, 4)} and len(resized) == 4
+    assert set(resized.values()) == {1}
+
+
 def test_dift_correspondence_source(lab, pair, fast_config):
     cfg = fast_config.replace(correspondence="dift", dift_ensemble=2, record_matches=True)
     res = lab.transfer(pair, cfg)
@@ -181,3 +216,42 @@ def test_multi_object_transfer(lab, images, fast_config):
     a = lab.transfer(single, fast_config).image
     b = lab.transfer_multi(mp1, fast_config).image
     assert torch.equal(a, b)
+
+
+def _saved(folder):
+    meta = json.loads((folder / "config.json").read_text())
+    return meta, np.asarray(Image.open(folder / "strip.png").convert("RGB"))
+
+
+def test_save_run_reads_single_and_multi_pairs_through_their_protocol(lab, images, fast_config,
+                                                                       tmp_path):
+    """config.json describes each kind of pair; strip.png shows its inputs, then the result,
+    under the tiny-model banner."""
+    half = SMALL // 2
+    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 48, 64),
+                    structure_box=(8, 0, 64, 64))
+    multi = lab.multi_pair(images[1], [
+        {"appearance": images[0], "target_box": (0, 0, half, SMALL)},
+        {"appearance": images[1], "target_box": (half, 0, SMALL, SMALL),
+         "appearance_box": (0, 0, half, SMALL)}], mask="box", size=SMALL)
+    save_run(tmp_path / "single", lab.transfer(pair, fast_config), pair)
+    save_run(tmp_path / "multi", lab.transfer_multi(multi, fast_config), multi)
+
+    meta, strip = _saved(tmp_path / "single")
+    assert meta["tiny_model"] is True and meta["mask"] == "box" and meta["size"] == [SMALL, SMALL]
+    assert meta["appearance_box"] == [0, 0, 48, 64] and meta["structure_box"] == [8, 0, 64, 64]
+    assert meta["strip"] == ["structure", "appearance", "result"]
+    band = strip.shape[0] - SMALL  # the red tiny-model banner on top
+    assert band > 0 and tuple(strip[0, -1]) == (200, 0, 0) and strip.shape[1] == 3 * SMALL
+    assert (strip[band:, :SMALL] == pair.structure.to_uint8()).all()
+    assert (strip[band:, SMALL:2 * SMALL] == pair.appearance.to_uint8()).all()
+
+    meta, strip = _saved(tmp_path / "multi")
+    assert meta["tiny_model"] is True and "appearance_box" not in meta
+    assert [o["target_box"] for o in meta["objects"]] == [[0, 0, half, SMALL],
+                                                          [half, 0, SMALL, SMALL]]
+    assert [o["appearance_box"] for o in meta["objects"]] == [None, [0, 0, half, SMALL]]
+    assert meta["strip"] == ["structure", "appearance 1", "appearance 2", "result"]
+    assert tuple(strip[0, -1]) == (200, 0, 0) and strip.shape[1] == 4 * SMALL
+    for n, image in enumerate([multi.structure] + multi.references):
+        assert (strip[band:, n * SMALL:(n + 1) * SMALL] == image.to_uint8()).all()

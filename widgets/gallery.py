@@ -146,7 +146,7 @@ class RunGallery(LabWidget):
                                   W.HTML(f"<small>{html.escape(diff or rec.summary())}</small>")]))
         pair = self.runs[idx[0]].pair
         inputs = []
-        for label, im in (("appearance", pair.appearance), ("structure", pair.structure)):
+        for label, im in pair.strip_inputs():
             shape = render.display_shape(im.size, self.thumb)
             inputs.append(captioned(image_widget(render.resize_nearest(im.to_uint8(), *shape),
                                                  width=self.thumb), label))
