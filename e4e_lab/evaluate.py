@@ -3,10 +3,12 @@
 A pairs folder holds ``pairs.json`` (a list of ``{"name", "appearance", "structure",
 "domain"}``, paths relative to the folder) and optionally ``boxes.json`` (see
 ``example/``). Every method runs on the same cached inversions and seed; each result
-is scored with :mod:`e4e_lab.metrics` and written to a CSV, with a plotly HTML report.
+is scored with :mod:`e4e_lab.metrics` and written to ``results.csv``, the images to
+``images/<pair>/<method>.png``, and a self-contained plotly HTML report.
 
-Under ``accelerate launch`` the pairs are split across processes (one GPU each); every
-process writes its share and the main process merges them into one CSV and report.
+Under ``accelerate launch --multi_gpu --num_processes N`` the pairs are split across N
+processes (one GPU each; CPU processes when no GPU is visible); every process writes
+its share and the main process merges them into one CSV and report.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import csv
 import io
 import json
 import logging
+import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,6 +36,16 @@ log = logging.getLogger(__name__)
 
 METHODS = ("feature", "v", "kv", "cross-image")
 PAINT_BY_EXAMPLE = "paint-by-example"
+ALL_METHODS = METHODS + (PAINT_BY_EXAMPLE,)
+METHOD_LABELS = {"feature": "Eye-for-an-eye (feature)", "v": "Eye-for-an-eye (V)",
+                 "kv": "Eye-for-an-eye (KV)", "cross-image": "Cross-Image Attention",
+                 PAINT_BY_EXAMPLE: "Paint-by-Example"}
+# direction of each score of :func:`score` (see e4e_lab/metrics.py)
+HIGHER_IS_BETTER = {"ssim": True, "edge_ssim": True, "histogram_distance": False,
+                    "part_colour_distance": False, "part_agreement": True,
+                    "cycle_consistency": True}
+# scores of the pair's DIFT correspondence, not of a method's image: equal for every method
+PAIR_LEVEL_SCORES = ("part_agreement", "cycle_consistency")
 COLUMNS = ("pair", "method", "seconds", "ssim", "edge_ssim", "histogram_distance",
            "part_colour_distance", "part_agreement", "cycle_consistency", "tiny_model")
 
@@ -65,69 +80,162 @@ def read_pairs(folder: str | Path) -> tuple[list[PairSpec], dict | None]:
     return pairs, boxes
 
 
-def score(result, pair, lab, config: TransferConfig, k_parts: int = 4) -> dict[str, float]:
-    """The weights-free metrics of one transfer result (see :mod:`e4e_lab.metrics`)."""
-    from .correspondence import CorrespondenceField
-    from .models.dift import dift_features
-    from .parts import discover_parts
+def scoring_parts(lab, pair, config: TransferConfig, k_parts: int = 4):
+    """The DIFT parts and field the part metrics use (:func:`e4e_lab.parts.pair_parts`
+    with at most ``k_parts`` parts); they depend on the pair and the DIFT settings, not
+    on the method, so one computation serves every method of a pair."""
+    from .parts import pair_features, pair_parts
 
-    out = {
+    feats = pair_features(lab, pair, config)
+    return pair_parts(lab, pair, config, min(k_parts, feats.max_k), features=feats)
+
+
+def score(result, pair, lab, config: TransferConfig, k_parts: int = 4,
+          parts=None) -> dict[str, float]:
+    """The weights-free metrics of one transfer result (see :mod:`e4e_lab.metrics`).
+
+    ``parts`` (from :func:`scoring_parts`) skips recomputing the pair's DIFT features.
+    """
+    parts = parts if parts is not None else scoring_parts(lab, pair, config, k_parts)
+    feats = parts.features
+    return {
         "ssim": metrics.ssim(result.image, pair.structure.pixels),
         "edge_ssim": metrics.edge_ssim(result.image, pair.structure.pixels),
         "histogram_distance": metrics.histogram_distance(
             result.image, pair.appearance.pixels, pair.structure_mask, pair.appearance_mask),
+        "part_colour_distance": metrics.part_colour_distance(
+            result.image, pair.appearance.pixels, parts.parts, parts.field),
+        "part_agreement": parts.agreement,
+        "cycle_consistency": metrics.cycle_consistency(feats.target, feats.reference,
+                                                       pair.structure_mask,
+                                                       pair.appearance_mask),
     }
-    ens = min(config.dift_ensemble, 4)
-    ft = dift_features(lab.models, pair.structure, config.dift_timestep, config.dift_block, ens,
-                       config.inversion.prompt, config.seed).features
-    fa = dift_features(lab.models, pair.appearance, config.dift_timestep, config.dift_block, ens,
-                       config.inversion.prompt, config.seed).features
-    field = CorrespondenceField.from_features(ft, fa, pair.structure_mask, pair.appearance_mask)
-    parts = discover_parts(ft, fa, min(k_parts, ft.shape[1] * ft.shape[2]),
-                           pair.structure_mask, pair.appearance_mask, seed=config.seed)
-    out["part_colour_distance"] = metrics.part_colour_distance(
-        result.image, pair.appearance.pixels, parts, field)
-    out["part_agreement"] = parts.agreement(field)
-    out["cycle_consistency"] = metrics.cycle_consistency(ft, fa, pair.structure_mask,
-                                                         pair.appearance_mask)
-    return out
+
+
+@dataclass
+class MethodResult:
+    """One method's output on a pair: the image, its scores and how long it took."""
+
+    method: str
+    image: torch.Tensor  # (3, H, W) in [0, 1]
+    seconds: float  # the method alone (inversion and scoring excluded)
+    scores: dict[str, float]
+    config: TransferConfig
+    result: object | None = None  # the TransferResult (None for Paint-by-Example)
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.method, self.method)
+
+
+def check_methods(methods) -> tuple[str, ...]:
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown or not methods:
+        raise ConfigError("methods", list(methods), f"one or more of {', '.join(ALL_METHODS)}")
+    return methods
+
+
+def load_baseline(lab):
+    """Paint-by-Example for a session: the tiny random instance when the session's model
+    is the tiny one, else the real weights."""
+    from .baselines import PBE_MODEL, load_paint_by_example
+
+    return load_paint_by_example("tiny" if lab.is_tiny else PBE_MODEL, lab.models.device,
+                                 lab.models.dtype)
+
+
+def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = None,
+                    progress: Callable[[int, int, str, "MethodResult | None"], None] | None = None,
+                    cancel=None, pbe=None, inversion_progress=None, k_parts: int = 4,
+                    pbe_steps: int = 50) -> list[MethodResult]:
+    """Run ``methods`` on one pair with the same cached inversions and seed, and score them.
+
+    Eye-for-an-eye modes and Cross-Image Attention are ``lab.transfer`` with
+    ``base.replace(injection=method)``; ``"paint-by-example"`` repaints the structure's
+    mask (``pbe``: a loaded :class:`~e4e_lab.baselines.PaintByExample`, loaded with
+    :func:`load_baseline` when not given). The pair is inverted once, outside the
+    timings, and its DIFT parts are computed once for every method's scores.
+
+    ``progress(index, total, method, result)`` is called as each method starts (result
+    None) and ends. ``cancel`` (a ``threading.Event``) is checked between methods and
+    between denoising steps; once set, the methods finished so far are returned.
+    """
+    from .baselines import paint_by_example
+    from .errors import TransferCancelled
+
+    methods = check_methods(methods)
+    base = base or TransferConfig()
+    lab.invert([pair.appearance, pair.structure], base, progress=inversion_progress)
+    if PAINT_BY_EXAMPLE in methods and pbe is None:
+        pbe = load_baseline(lab)
+    parts = scoring_parts(lab, pair, base, k_parts)
+    done: list[MethodResult] = []
+    for n, method in enumerate(methods):
+        if cancel is not None and cancel.is_set():
+            break
+        if progress is not None:
+            progress(n, len(methods), method, None)
+        t0 = time.perf_counter()
+        if method == PAINT_BY_EXAMPLE:
+            cfg, result = base, None
+            image = paint_by_example(pbe, pair, seed=base.seed, steps=pbe_steps)
+        else:
+            cfg = base.replace(injection=method)
+            try:
+                result = lab.transfer(pair, cfg, cancel=cancel)
+            except TransferCancelled:
+                break
+            image = result.image
+        seconds = time.perf_counter() - t0
+        done.append(MethodResult(method, image, seconds,
+                                 score(_ImageResult(image), pair, lab, cfg, parts=parts),
+                                 cfg, result))
+        if progress is not None:
+            progress(n + 1, len(methods), method, done[-1])
+    return done
+
+
+def best_methods(results: list[MethodResult]) -> dict[str, str]:
+    """For each per-method score, the method with the best value (by
+    :data:`HIGHER_IS_BETTER`; pair-level scores are left out)."""
+    best = {}
+    for metric, higher in HIGHER_IS_BETTER.items():
+        if metric in PAIR_LEVEL_SCORES:
+            continue
+        finite = [r for r in results if r.scores.get(metric) == r.scores.get(metric)]
+        if finite:
+            pick = max if higher else min
+            best[metric] = pick(finite, key=lambda r: r.scores[metric]).method
+    return best
 
 
 def evaluate(lab, pairs: list[PairSpec], boxes: dict | None, methods=METHODS,
              base: TransferConfig | None = None, mask: str = "auto", size: int | None = None,
-             progress=None) -> tuple[list[dict], dict[tuple[str, str], torch.Tensor]]:
-    """Run every method on every pair; returns (rows, {(pair, method): result image})."""
+             progress=None, pbe=None
+             ) -> tuple[list[dict], dict[tuple[str, str], torch.Tensor]]:
+    """Run every method on every pair (:func:`compare_methods`); returns
+    (rows, {(pair, method): result image}). ``pbe``: a loaded Paint-by-Example (else
+    loaded here when ``methods`` asks for it)."""
+    methods = check_methods(methods)
     base = base or TransferConfig()
     rows, images = [], {}
-    pbe = None
-    if PAINT_BY_EXAMPLE in methods:
-        from .baselines import PBE_MODEL, load_paint_by_example
-
-        pbe = load_paint_by_example("tiny" if lab.is_tiny else PBE_MODEL, lab.models.device,
-                                    lab.models.dtype)
+    if pbe is None and PAINT_BY_EXAMPLE in methods:
+        pbe = load_baseline(lab)
     for spec in pairs:
         pair = lab.pair(spec.appearance, spec.structure, boxes=boxes, mask=mask, size=size)
         images[(spec.name, "structure")] = pair.structure.pixels
         images[(spec.name, "appearance")] = pair.appearance.pixels
-        # invert once, outside the timings: every method reuses the same inversions
-        lab.invert([pair.appearance, pair.structure], base.replace(domain=spec.domain))
-        for method in methods:
-            t0 = time.perf_counter()
-            if method == PAINT_BY_EXAMPLE:
-                from .baselines import paint_by_example
 
-                cfg = base.replace(domain=spec.domain)
-                result = _ImageResult(paint_by_example(pbe, pair, seed=cfg.seed))
-            else:
-                cfg = base.replace(injection=method, domain=spec.domain)
-                result = lab.transfer(pair, cfg)
-            row = {"pair": spec.name, "method": method,
-                   "seconds": time.perf_counter() - t0, "tiny_model": lab.is_tiny}
-            row.update(score(result, pair, lab, cfg))
-            rows.append(row)
-            images[(spec.name, method)] = result.image
-            if progress is not None:
-                progress(spec.name, method)
+        def report(_n, _total, method, result, name=spec.name):
+            if result is not None and progress is not None:
+                progress(name, method)
+
+        for r in compare_methods(lab, pair, methods, base.replace(domain=spec.domain),
+                                 progress=report, pbe=pbe):
+            rows.append({"pair": spec.name, "method": r.method, "seconds": r.seconds,
+                         "tiny_model": lab.is_tiny, **r.scores})
+            images[(spec.name, r.method)] = r.image
     return rows, images
 
 
@@ -156,17 +264,36 @@ def read_csv(path: Path) -> list[dict]:
     return rows
 
 
-def _thumb(img: torch.Tensor, size: int = 128) -> str:
+def _thumb(png: Path, size: int = 128) -> str:
     from PIL import Image
 
-    pil = Image.fromarray(to_uint8(img)).resize((size, size))
+    with Image.open(png) as im:
+        pil = im.convert("RGB").resize((size, size))
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def write_report(path: Path, rows: list[dict], images: dict, tiny: bool) -> None:
-    """A self-contained HTML page: a plotly bar chart per metric and per-pair thumbnails."""
+def image_path(out: Path, pair: str, key: str) -> Path:
+    """Where an evaluation keeps a pair's image (``key``: structure, appearance, a method)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", pair).strip("-.") or "pair"
+    return out / "images" / safe / f"{key}.png"
+
+
+def save_images(out: Path, images: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Write every (pair, key) image as ``images/<pair>/<key>.png`` (each process its own
+    pairs; the report then reads them all, whichever process made them)."""
+    from PIL import Image
+
+    for (pair, key), img in images.items():
+        path = image_path(out, pair, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(img)).save(path)
+
+
+def write_report(path: Path, rows: list[dict], tiny: bool) -> None:
+    """A self-contained HTML page (plotly included: it opens offline): a bar chart per
+    metric and per-pair thumbnails read from the run's ``images/`` folder."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -188,14 +315,19 @@ def write_report(path: Path, rows: list[dict], images: dict, tiny: bool) -> None
     for p in pairs:
         row = [f"<td>{p}</td>"]
         for key in ["structure", "appearance"] + methods:
-            img = images.get((p, key))
-            row.append(f"<td><img src='{_thumb(img)}'></td>" if img is not None else "<td></td>")
+            png = image_path(path.parent, p, key)
+            row.append(f"<td><img src='{_thumb(png)}'></td>" if png.is_file() else "<td></td>")
         cells.append("<tr>" + "".join(row) + "</tr>")
     html = (f"<html><head><meta charset='utf-8'><title>e4e-lab evaluation</title></head><body>"
             f"<h1>e4e-lab evaluation</h1>{banner}"
-            f"{fig.to_html(full_html=False, include_plotlyjs='cdn')}"
+            f"{fig.to_html(full_html=False, include_plotlyjs=True)}"
             f"<table>{''.join(cells)}</table></body></html>")
     path.write_text(html, encoding="utf-8")
+
+
+def _has_accelerator() -> bool:
+    acc = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA only before
+    return acc.is_available() if acc is not None else torch.cuda.is_available()
 
 
 def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
@@ -209,16 +341,28 @@ def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
     """
     try:
         from accelerate import PartialState
-        state = PartialState()
+        from accelerate.utils import parse_flag_from_env
+
+        # with no accelerator, processes started by torchrun (`accelerate launch --multi_gpu`)
+        # only join one group (gloo) when told cpu=True; without it each is "0 of 1"
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not _has_accelerator()
+        state = PartialState(cpu=cpu)
         index, world = state.process_index, state.num_processes
     except ImportError:  # accelerate is a dependency, but keep single-process use working
         state, index, world = None, 0, 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pairs, boxes = read_pairs(pairs_dir)
-    lab = lab_factory(index)
-    rows, images = evaluate(lab, pairs[index::world], boxes, methods, base, mask, size, progress)
+    # the main process loads the models first: a first use builds (or downloads) them into
+    # the shared cache, and transformers' save_pretrained writes no weights on a rank != 0
+    with state.main_process_first() if state is not None else nullcontext():
+        lab = lab_factory(index)
+        pbe = load_baseline(lab) if PAINT_BY_EXAMPLE in check_methods(methods) else None
+    share = pairs[index::world]
+    log.info("process %d of %d evaluates pairs: %s", index, world, ", ".join(p.name for p in share))
+    rows, images = evaluate(lab, share, boxes, methods, base, mask, size, progress, pbe)
     write_csv(out / f"results.part{index}.csv", rows)
+    save_images(out, images)
     if state is not None:
         state.wait_for_everyone()
     csv_path = out / "results.csv"
@@ -229,5 +373,5 @@ def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
             merged.extend(read_csv(part))
             part.unlink()
         write_csv(csv_path, merged)
-        write_report(out / "report.html", merged, images, lab.is_tiny)
+        write_report(out / "report.html", merged, lab.is_tiny)
     return csv_path

@@ -90,3 +90,124 @@ def discover_parts(target_features: torch.Tensor, ref_features: torch.Tensor, k:
     lt[tm] = labels[: int(tm.sum())]
     lr[rm] = labels[int(tm.sum()):]
     return Parts(lt.reshape(target_features.shape[1:]), lr.reshape(ref_features.shape[1:]), k)
+
+
+# ------------------------------------------------------------ parts of a pair --
+
+# DIFT draws used by the pair-level helpers when none is given: the metrics' cost cap
+# (:func:`e4e_lab.evaluate.score` averages at most this many noise draws).
+ENSEMBLE_CAP = 4
+
+
+@dataclass
+class PairFeatures:
+    """DIFT features of a pair's structure (target) and appearance (reference), with the
+    nearest-neighbour correspondence between them restricted to the pair's masks."""
+
+    target: torch.Tensor  # (C, h, w)
+    reference: torch.Tensor  # (C, h', w')
+    field: CorrespondenceField
+    target_mask: torch.Tensor  # (H, W) at image resolution
+    ref_mask: torch.Tensor
+    ensemble: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.target.shape[1:])
+
+    @property
+    def max_k(self) -> int:
+        """The most parts k-means can find: positions inside both masks at this grid."""
+        return int(mask_at(self.target_mask, self.grid).sum()
+                   + mask_at(self.ref_mask, tuple(self.reference.shape[1:])).sum())
+
+
+def pair_features(lab, pair, config, ensemble: int | None = None,
+                  blocking: bool = True) -> PairFeatures:
+    """DIFT features of both images of ``pair`` (settings from ``config``: timestep,
+    up-block, prompt and seed; ``ensemble`` draws, default ``min(config.dift_ensemble,
+    ENSEMBLE_CAP)``) and their masked correspondence field.
+
+    The UNet is shared with transfers running in other threads: with ``blocking=False``
+    a busy model raises :class:`~e4e_lab.explore.ModelBusy` at once instead of waiting.
+    """
+    from .explore import ModelBusy, model_lock
+    from .models.dift import dift_features
+
+    ens = min(config.dift_ensemble, ENSEMBLE_CAP) if ensemble is None else ensemble
+    lock = model_lock(lab.models)
+    if not lock.acquire(blocking=blocking):
+        raise ModelBusy("a transfer is running on this model: find parts when it has "
+                        "finished (or stop it)")
+    try:
+        ft, fr = (dift_features(lab.models, image, config.dift_timestep, config.dift_block,
+                                ens, config.inversion.prompt, config.seed).features
+                  for image in (pair.structure, pair.appearance))
+    finally:
+        lock.release()
+    field = CorrespondenceField.from_features(ft, fr, pair.structure_mask, pair.appearance_mask)
+    return PairFeatures(ft, fr, field, pair.structure_mask, pair.appearance_mask, ens)
+
+
+@dataclass
+class PairParts:
+    """Joint parts of a pair and the part confusion under a correspondence field.
+
+    ``confusion[i, j]`` counts the target positions of part ``i`` whose match lies in
+    reference part ``j``: the row of part ``i`` says which reference part it takes its
+    colour from. Its total is the number of matched target positions.
+    """
+
+    features: PairFeatures
+    parts: Parts
+    field: CorrespondenceField  # on the features' grids
+    confusion: torch.Tensor  # (k, k) int64
+
+    @property
+    def k(self) -> int:
+        return self.parts.k
+
+    @property
+    def matched(self) -> int:
+        """Target positions that take a reference feature (inside both parts' masks)."""
+        return int(self.confusion.sum())
+
+    @property
+    def agreement(self) -> float:
+        """Share of matched positions whose reference part has the target's label."""
+        c = self.confusion.float()
+        return float(c.diagonal().sum() / c.sum()) if c.sum() > 0 else float("nan")
+
+    def sources(self) -> list[tuple[int, int, float]]:
+        """Per target part with matches: ``(target part, reference part it takes most
+        from, share of the part's matched positions)``."""
+        totals = self.confusion.sum(dim=1)
+        share, best = (self.confusion.float() / totals.clamp_min(1)[:, None]).max(dim=1)
+        return [(i, int(best[i]), float(share[i])) for i in range(self.k) if totals[i] > 0]
+
+
+def pair_parts(lab, pair, config, k: int = 4, features: PairFeatures | None = None,
+               field: CorrespondenceField | None = None, **feature_kwargs) -> PairParts:
+    """Cluster a pair's DIFT features jointly into ``k`` parts and count, per target
+    part, which reference part it is matched to.
+
+    ``features`` reuses features computed before (re-clustering at another ``k`` then
+    costs no UNet pass); otherwise :func:`pair_features` computes them with
+    ``feature_kwargs``. ``field`` (e.g. the matches a transfer recorded at one layer) is
+    resampled to the features' grids; by default the DIFT nearest-neighbour field is used.
+    """
+    from .errors import ConfigError
+
+    feats = features if features is not None else pair_features(lab, pair, config,
+                                                                 **feature_kwargs)
+    top = feats.max_k
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top:
+        raise ConfigError("k", k, f"a whole number of parts from 1 to {top} (the positions "
+                          f"inside the masks of both images at the {feats.grid[0]}x"
+                          f"{feats.grid[1]} feature grid); choose fewer parts or a finer "
+                          "DIFT up-block")
+    parts = discover_parts(feats.target, feats.reference, k, feats.target_mask, feats.ref_mask,
+                           seed=config.seed)
+    fld = feats.field if field is None else field.resize(
+        tuple(parts.target.shape), tuple(parts.reference.shape))
+    return PairParts(feats, parts, fld, parts.confusion(fld))
