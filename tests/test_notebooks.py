@@ -20,7 +20,8 @@ pytest.importorskip("ipykernel")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = ["01_quickstart", "02_boxes_and_masks", "03_correspondence_explorer",
-            "04_attention_and_injection", "05_interactive_tuning", "06_method_walkthrough"]
+            "04_attention_and_injection", "05_interactive_tuning", "06_method_walkthrough",
+            "07_multi_object", "08_compare_methods"]
 BANNER = "random weights: images are not meaningful"
 KERNEL = "e4e-lab-test"
 
@@ -38,6 +39,9 @@ def extra_parameters(name: str, tmp: Path) -> dict:
         "04_attention_and_injection": {"attention_step": 3},
         "05_interactive_tuning": {"export_dir": str(tmp / "gallery")},
         "06_method_walkthrough": {},
+        "07_multi_object": {"pairs_out": str(tmp / "pairs" / "multi_pairs.json")},
+        # an 8x8 DIFT grid (up-block 2 at 64 px) so that k = 4 parts have room
+        "08_compare_methods": {"pbe_steps": 10, "dift_block": 2, "dift_ensemble": 2},
     }[name]
 
 
@@ -81,7 +85,7 @@ def outputs_text(nb) -> str:
     return "\n".join(parts)
 
 
-def test_the_six_notebooks_exist_with_a_parameters_cell():
+def test_the_notebooks_exist_with_a_parameters_cell():
     import nbformat
 
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == EXPECTED
@@ -132,3 +136,23 @@ def test_notebook_runs_headless(name, kernel_name, tmp_path, _offline_env):
         check = next(line for line in text.splitlines() if "'none' vs structure" in line)
         assert float(check.rsplit(" ", 1)[1]) < 1e-2
         assert images >= 7
+    elif name == "07_multi_object":
+        assert "multi-object result (3, 64, 64) from 2 pairs and 2 reference images" in text
+        assert "pair 2: target [32, 1, 63, 62] <- coffee_cup.png [7, 2, 62, 63]" in text
+        saved = tmp_path / "pairs" / "multi_pairs.json"
+        data = json.loads(saved.read_text())
+        assert data["_size"] == 64 and len(data["objects"]) == 2
+        # appearance paths are relative to the saved file, as the CLI reads them
+        assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
+            ROOT / "example" / "chelsea_cat.png", ROOT / "example" / "coffee_cup.png"]
+        assert widgets >= 1 and images >= 2
+    elif name == "08_compare_methods":
+        assert "done - 5 methods compared" in text
+        for label in ("Eye-for-an-eye (feature)", "Eye-for-an-eye (KV)",
+                      "Cross-Image Attention", "Paint-by-Example"):
+            assert label in text
+        matrix = text[text.index("target\\ref"):].splitlines()
+        assert matrix[0].split()[1:] == ["1", "2", "3", "4"]  # k = 4 reference parts
+        assert [line.split()[0] for line in matrix[1:5]] == ["1", "2", "3", "4"]
+        assert matrix[5].startswith("agreement ") and 0 <= float(matrix[5].split()[1]) <= 1
+        assert "takes" in text and widgets >= 2 and images >= 1

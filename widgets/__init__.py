@@ -10,17 +10,24 @@ methods (callable from tests without a browser), and ``.widget`` is what to disp
 - :class:`AttentionViewer`: attention of a query pixel per layer / step / head / branch
 - :class:`TransferPanel`: knobs, Run / Stop in a background thread, live previews
 - :class:`RunGallery`: runs with their parameters, side by side, export
+- :class:`MultiBoxDrawer`: paired target / reference boxes for multi-object transfer
+- :class:`ComparisonGrid`: Eye-for-an-eye modes and baselines on one pair, scored
+- :class:`PartExplorer`: joint DIFT parts of a pair and their confusion matrix
 - ``widgets.figures``: static matplotlib figures for the notebooks
 """
 
 from .attention import AttentionViewer
-from .boxes import BoxDrawer, PairBoxDrawer
+from .boxes import BoxDrawer, ExtraBox, PairBoxDrawer
 from .common import banner_html, banner_widget, has_banner, show_banner, widget_text
+from .compare import ComparisonGrid
 from .correspondence import CorrespondenceExplorer
 from .gallery import RunGallery, RunRecord
 from .masks import MaskEditor, PairMaskEditor
+from .pairs import MultiBoxDrawer, ObjectPair
+from .parts import PartExplorer
 from .transfer_panel import TransferPanel
 
-__all__ = ["AttentionViewer", "BoxDrawer", "CorrespondenceExplorer", "MaskEditor",
-           "PairBoxDrawer", "PairMaskEditor", "RunGallery", "RunRecord", "TransferPanel",
+__all__ = ["AttentionViewer", "BoxDrawer", "ComparisonGrid", "CorrespondenceExplorer",
+           "ExtraBox", "MaskEditor", "MultiBoxDrawer", "ObjectPair", "PairBoxDrawer",
+           "PairMaskEditor", "PartExplorer", "RunGallery", "RunRecord", "TransferPanel",
            "banner_html", "banner_widget", "has_banner", "show_banner", "widget_text"]

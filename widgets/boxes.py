@@ -6,19 +6,25 @@ the boxes JSON read by the CLI and ``Lab.pair(boxes=...)``. Handlers take model 
     drawer = BoxDrawer(image)
     drawer.on_mouse_down(10, 10); drawer.on_mouse_move(40, 30); drawer.on_mouse_up(40, 30)
     drawer.box  # (10, 10, 40, 30)
+
+A drawer can also show other, inactive boxes (:class:`ExtraBox`, e.g. the other pairs of
+a multi-object run): they are drawn thinner with a label, and a click (no drag) inside
+one calls the ``pick_observers`` with its key.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import ipywidgets as W
 
 from e4e_lab.errors import BoxError
 from e4e_lab.images import LoadedImage, load_boxes, lookup_box, parse_box, save_boxes, scale_boxes
 
+from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, status_html
 
@@ -28,16 +34,29 @@ _HANDLES = {"nw": (0, 0), "ne": (1, 0), "sw": (0, 1), "se": (1, 1),
             "n": (None, 0), "s": (None, 1), "w": (0, None), "e": (1, None)}
 
 
+@dataclass(frozen=True)
+class ExtraBox:
+    """An inactive box shown on a drawer: not editable there, clicking it picks ``key``."""
+
+    box: tuple[int, int, int, int]
+    color: tuple[int, int, int]
+    label: str = ""
+    key: Hashable = None
+
+
 class BoxDrawer(LabWidget):
-    """One image and at most one box on it."""
+    """One image and at most one (active) box on it, plus inactive :class:`ExtraBox` es."""
 
     def __init__(self, image: LoadedImage, box=None, lab=None, title: str | None = None,
-                 display_size: int = 256, min_size: int = 2):
+                 display_size: int = 256, min_size: int = 2, color=BOX_COLOR):
         self.lab = lab
         self.image = image
         self.name = image.name
         self.size = image.size  # (width, height)
         self.min_size = min_size
+        self.color = tuple(color)
+        self.extras: list[ExtraBox] = []
+        self.pick_observers: list[Callable[[Hashable], None]] = []
         self.box: tuple[int, int, int, int] | None = None
         self.mode: str | None = None  # "draw" | "move" | "resize" while the button is down
         self.handle: str | None = None
@@ -71,6 +90,31 @@ class BoxDrawer(LabWidget):
 
     def clear(self) -> None:
         self.set_box(None)
+
+    def set_image(self, image: LoadedImage) -> None:
+        """Show another image of the same size (the box stays, in the same pixels)."""
+        if image.size != self.size:
+            raise BoxError(f"'{image.name}' is {image.size[0]}x{image.size[1]} but this drawer "
+                           f"shows {self.size[0]}x{self.size[1]} images: load it at the same "
+                           "size")
+        self.image, self.name = image, image.name
+        self.view.draw_image(image)
+        self.redraw()
+
+    def set_extras(self, extras: list[ExtraBox], color=None) -> None:
+        """Replace the inactive boxes (and optionally the active box's colour)."""
+        self.extras = list(extras)
+        if color is not None:
+            self.color = tuple(color)
+        self.redraw()
+
+    def extra_at(self, x: float, y: float) -> ExtraBox | None:
+        """The last-drawn inactive box containing a model-pixel point."""
+        for extra in reversed(self.extras):
+            x0, y0, x1, y1 = extra.box
+            if x0 <= x <= x1 and y0 <= y <= y1:
+                return extra
+        return None
 
     def hit_test(self, x: float, y: float) -> tuple[str, str | None] | None:
         """``("handle", name)``, ``("inside", None)`` or None for a model-pixel point."""
@@ -132,13 +176,18 @@ class BoxDrawer(LabWidget):
         self.on_mouse_move(x, y)
         live, self._live = self._live, None
         self.mode, self.handle = None, None
+        picked = None
         if live is not None:
             x0, y0, x1, y1 = (round(v) for v in live)
             if x1 - x0 >= self.min_size and y1 - y0 >= self.min_size:
                 self.box = (x0, y0, x1, y1)
-            # a click without a drag keeps the previous box
+            else:  # a click without a drag keeps the box, and may pick an inactive one
+                picked = self.extra_at(x, y)
         self.redraw()
         self._notify()
+        if picked is not None:
+            for fn in self.pick_observers:
+                fn(picked.key)
 
     def on_mouse_out(self, x: float, y: float) -> None:
         """Leaving the canvas ends a drag where the pointer left."""
@@ -149,8 +198,14 @@ class BoxDrawer(LabWidget):
         shown = self._live or self.box
         with hold_canvas():
             self.view.clear_marks()
+            for extra in self.extras:
+                self.view.mark_box(extra.box, extra.color, width=1.5)
+                if extra.label:
+                    pad = 1 / self.view.scale  # one screen pixel, in model pixels
+                    self.view.mark_text(extra.label, extra.box[0] + 3 * pad,
+                                        extra.box[1] + 13 * pad, color=render.css(extra.color))
             if shown is not None:
-                self.view.mark_box(shown, BOX_COLOR, handles=self.mode is None,
+                self.view.mark_box(shown, self.color, handles=self.mode is None,
                                    dashed=self._live is not None)
         w, h = self.size
         if self.box is None:
@@ -165,6 +220,19 @@ class BoxDrawer(LabWidget):
             fn(self)
 
 
+def file_row(owner, path: str | Path, description: str) -> W.HBox:
+    """A path field with Save and Load buttons for a widget with ``save()`` / ``load()``;
+    sets ``owner.path``, ``owner.save_button``, ``owner.load_button`` and ``owner.status``."""
+    owner.path = W.Text(value=str(path), description=description,
+                        layout=W.Layout(width="420px"))
+    owner.save_button = W.Button(description="Save", icon="save")
+    owner.load_button = W.Button(description="Load", icon="folder-open")
+    owner.save_button.on_click(lambda _: owner.save())
+    owner.load_button.on_click(lambda _: owner.load())
+    owner.status = W.HTML()
+    return W.HBox([owner.path, owner.save_button, owner.load_button])
+
+
 class PairBoxDrawer(LabWidget):
     """Both images of a pair side by side, each with its box; save/load the boxes JSON."""
 
@@ -175,16 +243,9 @@ class PairBoxDrawer(LabWidget):
                                     display_size=display_size)
         self.structure = BoxDrawer(structure, title=f"structure (target): {structure.name}",
                                    display_size=display_size)
-        self.path = W.Text(value=str(path), description="boxes JSON",
-                           layout=W.Layout(width="420px"))
-        self.save_button = W.Button(description="Save", icon="save")
-        self.load_button = W.Button(description="Load", icon="folder-open")
-        self.save_button.on_click(lambda _: self.save())
-        self.load_button.on_click(lambda _: self.load())
-        self.status = W.HTML()
+        files = file_row(self, path, "boxes JSON")
         self.widget = self._frame(
-            W.HBox([self.appearance.widget, self.structure.widget]),
-            W.HBox([self.path, self.save_button, self.load_button]), self.status,
+            W.HBox([self.appearance.widget, self.structure.widget]), files, self.status,
             title="Bounding boxes")
         if appearance.name == structure.name:
             self.status.value = status_html(

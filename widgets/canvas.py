@@ -29,6 +29,7 @@ class ImageCanvas:
         self.canvas = MultiCanvas(3, width=self.display_w, height=self.display_h)
         self.canvas.layout.width = f"{self.display_w}px"
         self.canvas.layout.height = f"{self.display_h}px"
+        self.canvas.add_class("e4e-canvas")
         self.overlay: np.ndarray | None = None
         self.draw_image()
 

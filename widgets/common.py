@@ -69,6 +69,8 @@ def image_widget(image: np.ndarray | None = None, width: int | None = None) -> W
         w.layout.width = f"{width}px"
     if image is not None:
         w.value = render.png(image)
+    else:  # an empty <img> shows as a broken-image icon: hidden until set_image
+        w.layout.display = "none"
     return w
 
 
@@ -79,6 +81,7 @@ def set_image(widget: W.Image, image: np.ndarray, width: int | None = None) -> N
             s = max(1, width // max(h, w))
             image = render.resize_nearest(image, h * s, w * s)
     widget.value = render.png(image)
+    widget.layout.display = None
 
 
 def captioned(widget, caption: str) -> W.VBox:
@@ -111,7 +114,10 @@ class LabWidget:
             head.append(b)
         if title:
             head.append(W.HTML(f"<h4 style='margin:4px 0'>{html.escape(title)}</h4>"))
-        return W.VBox(head + [c for c in children if c is not None])
+        frame = W.VBox(head + [c for c in children if c is not None])
+        # a stable CSS hook per widget class (e.g. ``e4e-boxdrawer``) for browser tests
+        frame.add_class(f"e4e-{type(self).__name__.lower()}")
+        return frame
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

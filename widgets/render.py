@@ -6,6 +6,7 @@ without a frontend (``benchmarks/bench_explorer_click.py``).
 
 from __future__ import annotations
 
+import colorsys
 import io
 from functools import lru_cache
 
@@ -35,6 +36,29 @@ MATCH_COLOR = (255, 60, 60)
 OBJECT_COLOR = (40, 200, 80)
 BACKGROUND_COLOR = (230, 40, 40)
 UNUSED_COLOR = (255, 0, 200)
+
+
+def hue_color(hue: float, saturation: float = 0.85, value: float = 1.0) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def palette_hue(n: int) -> float:
+    """Hue of the n-th colour of a palette: golden-ratio steps, so that every prefix of
+    the sequence is spread around the colour wheel."""
+    return (0.08 + n * 0.618034) % 1.0
+
+
+def palette(count: int) -> list[tuple[int, int, int]]:
+    """``count`` distinct saturated colours (parts, pairs)."""
+    return [hue_color(palette_hue(n)) for n in range(count)]
+
+
+def pair_colors(n: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(target, reference) box colours of pair n: one hue per pair, the target's strong
+    and the reference's pale, so a pair reads as one colour family."""
+    hue = palette_hue(n)
+    return hue_color(hue, 1.0, 0.95), hue_color(hue, 0.45, 1.0)
 
 
 def css(color: tuple[int, int, int]) -> str:
@@ -117,6 +141,20 @@ def mask_rgba(mask, color=OBJECT_COLOR, opacity: float = 0.5) -> np.ndarray:
     rgba[m, :3] = color
     rgba[m, 3] = int(round(opacity * 255))
     return rgba
+
+
+def label_rgba(labels, colors, opacity: float = 0.55, highlight: int | None = None,
+               dim: float = 0.15) -> np.ndarray:
+    """(h, w, 4) uint8 overlay of an (h, w) label map: label i in ``colors[i]``, negative
+    labels transparent; with ``highlight`` the other labels are faded to ``dim``."""
+    lab = np.asarray(as_numpy(labels), dtype=np.int64)
+    table = np.zeros((len(colors) + 1, 4), dtype=np.uint8)  # last row: transparent
+    table[:-1, :3] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    table[:-1, 3] = round(opacity * 255)
+    if highlight is not None:
+        table[:-1, 3] = round(dim * 255)
+        table[highlight, 3] = round(max(opacity, 0.75) * 255)
+    return table[np.where(lab >= 0, lab, len(colors))]
 
 
 def composite(image: np.ndarray, overlay: np.ndarray) -> np.ndarray:

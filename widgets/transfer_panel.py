@@ -10,8 +10,6 @@ only the denoising (seed, FreeU and the step count change the inversion itself).
 from __future__ import annotations
 
 import dataclasses
-import logging
-import threading
 import time
 from typing import Callable
 
@@ -24,16 +22,15 @@ from e4e_lab.images import full_mask
 from e4e_lab.latents import decode, fast_preview
 
 from . import render
+from .background import BackgroundRun
 from .common import LabWidget, captioned, image_widget, set_image, status_html
-
-log = logging.getLogger(__name__)
 
 # config fields the panel controls
 CONTROLLED = ("injection", "correspondence", "guidance", "skip_steps", "feat_range", "adain",
               "adain_range", "seed", "freeu")
 
 
-class TransferPanel(LabWidget):
+class TransferPanel(BackgroundRun, LabWidget):
     def __init__(self, lab, pair, config: TransferConfig | None = None, gallery=None,
                  preview_every: int = 5, preview: str = "fast", display_size: int = 192):
         self.lab, self.pair = lab, pair
@@ -53,8 +50,6 @@ class TransferPanel(LabWidget):
         self.preview_steps: list[int] = []
         self.observers: list[Callable] = []  # called with each StepEvent (worker thread)
         self.runs = 0
-        self._thread: threading.Thread | None = None
-        self._cancel = threading.Event()
 
         b = self.base
         style = {"description_width": "110px"}
@@ -131,10 +126,6 @@ class TransferPanel(LabWidget):
                                    mask_mode="none")
 
     # ------------------------------------------------------------ run, stop --
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def run(self, block: bool = False) -> bool:
         """Start a transfer in a background thread (``block=True`` waits for it).
 
@@ -150,34 +141,13 @@ class TransferPanel(LabWidget):
             self.state, self.error = "failed", exc
             self.status.value = status_html(str(exc), "error")
             return False
-        self._cancel.clear()
         self.state, self.error, self.cancelled_at = "inverting", None, None
         self.steps_done, self.steps_per_s, self.inverted = 0, 0.0, False
         self.total_steps = config.denoising_steps
         self.preview_steps = []
         self.progress.max, self.progress.value = max(1, self.total_steps), 0
-        self.progress.bar_style = ""
-        self.run_button.disabled, self.stop_button.disabled = True, False
-        self.status.value = status_html("starting...")
-        self._thread = threading.Thread(target=self._work, args=(config, self.run_pair(),
-                                                                 self.mask.value),
-                                        name="e4e-transfer", daemon=True)
-        self._thread.start()
-        if block:
-            self.wait()
-        return True
-
-    def stop(self) -> None:
-        """Ask the running transfer to stop before its next step."""
-        if self.running:
-            self._cancel.set()
-            self.status.value = status_html("stopping after the current step...", "warn")
-
-    def wait(self, timeout: float | None = None) -> str:
-        """Wait for the running transfer; returns the final state."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.state
+        return self._start(self._work, (config, self.run_pair(), self.mask.value),
+                           "e4e-transfer", block)
 
     # ------------------------------------------------------- worker thread --
     def _work(self, config: TransferConfig, pair, masked: bool) -> None:
@@ -185,7 +155,7 @@ class TransferPanel(LabWidget):
         try:
             with model_lock(self.lab.models):
                 result = self.lab.transfer(pair, config, callback=self._on_step,
-                                           cancel=self._cancel,
+                                           cancel=self.cancel_event,
                                            inversion_progress=self._on_inversion)
         except TransferCancelled as exc:
             self.state, self.cancelled_at = "cancelled", exc.step
@@ -194,11 +164,7 @@ class TransferPanel(LabWidget):
                 "another run", "warn")
             self.progress.bar_style = "warning"
         except Exception as exc:  # shown in the panel; the thread must not die silently
-            self.state, self.error = "failed", exc
-            if not isinstance(exc, E4ELabError):
-                log.exception("transfer failed")
-            self.status.value = status_html(f"failed: {exc}", "error")
-            self.progress.bar_style = "danger"
+            self._failed(exc, "transfer")
         else:
             self.result, self.state = result, "done"
             self.runs += 1
@@ -211,7 +177,7 @@ class TransferPanel(LabWidget):
             self.status.value = status_html(
                 f"done in {took:.1f} s ({self.steps_per_s:.1f} steps/s; {cache})", "ok")
         finally:
-            self.run_button.disabled, self.stop_button.disabled = False, True
+            self._idle()
 
     def _on_inversion(self, done: int, total: int) -> None:
         self.inverted = True

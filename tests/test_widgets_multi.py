@@ -1,0 +1,308 @@
+"""Multi-object pair drawer, method comparison grid and part explorer, driven from Python."""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("ipycanvas")
+
+from e4e_lab import evaluate  # noqa: E402
+from e4e_lab.baselines import paint_by_example  # noqa: E402
+from e4e_lab.config import TransferConfig  # noqa: E402
+from e4e_lab.errors import BoxError, ConfigError  # noqa: E402
+from e4e_lab.images import LoadedImage, box_mask, load_boxes  # noqa: E402
+from e4e_lab.parts import pair_parts  # noqa: E402
+
+import widgets  # noqa: E402
+from widgets import (BoxDrawer, ComparisonGrid, ExtraBox, MultiBoxDrawer,  # noqa: E402
+                     PartExplorer, render)
+
+from test_widgets import frontend_event, serialize_all  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "example"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def mlab(models, tmp_path_factory):
+    from e4e_lab.session import Lab
+
+    return Lab(models=models, cache_dir=tmp_path_factory.mktemp("multi-cache"))
+
+
+@pytest.fixture(scope="module")
+def imgs(mlab):
+    """structure, cat, cup at 64 px (loaded from files: their sources are paths)."""
+    return [mlab.load_image(EX / n, SIZE) for n in
+            ("horse_silhouette.png", "chelsea_cat.png", "coffee_cup.png")]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    # dift_block 2: an 8x8 DIFT grid at 64 px, room for several parts
+    return TransferConfig(num_steps=10, skip_steps=3, feat_range=(1, 6), adain_range=(5, 10),
+                          refresh_until=2, domain="animal", dift_block=2, dift_ensemble=2)
+
+
+def example_pair(lab):
+    return lab.pair(EX / "chelsea_cat.png", EX / "horse_silhouette.png",
+                    boxes=load_boxes(EX / "boxes.json"), mask="box", size=SIZE)
+
+
+def drag(drawer, a, b):
+    drawer.on_mouse_down(*a)
+    drawer.on_mouse_move(*b)
+    drawer.on_mouse_up(*b)
+
+
+def hue(rgb) -> float:
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
+
+
+# ------------------------------------------------------------------ banner --
+
+def test_new_widgets_show_the_tiny_banner(mlab, imgs, cfg):
+    pair = example_pair(mlab)
+    built = [MultiBoxDrawer(mlab, imgs[0], imgs[1:]), ComparisonGrid(mlab, pair, cfg),
+             PartExplorer(mlab, pair, cfg)]
+    for w in built:
+        assert widgets.has_banner(w.widget), type(w).__name__
+        assert w.banner and "random weights" in w.banner
+        assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
+        serialize_all(w.widget)
+
+
+# -------------------------------------------------------------- box drawer --
+
+def test_box_drawer_extras_are_drawn_and_picked(imgs):
+    d = BoxDrawer(imgs[0], color=(10, 20, 30))
+    picked = []
+    d.pick_observers.append(picked.append)
+    d.set_extras([ExtraBox((5, 5, 20, 20), (255, 0, 0), "1", "a"),
+                  ExtraBox((30, 30, 60, 60), (0, 255, 0), "2", "b")], color=(1, 2, 3))
+    assert d.color == (1, 2, 3) and d.extra_at(40, 40).key == "b" and d.extra_at(25, 25) is None
+    frontend_event(d.view.canvas, "mouse_down", 160, 160)  # a click (canvas px = 4 x model)
+    frontend_event(d.view.canvas, "mouse_up", 160, 160)
+    assert picked == ["b"] and d.box is None
+    drag(d, (35, 35), (50, 45))  # a drag inside an inactive box draws, it does not pick
+    assert picked == ["b"] and d.box == (35, 35, 50, 45)
+    d.set_image(imgs[1])
+    assert d.name == "chelsea_cat.png" and d.box == (35, 35, 50, 45)
+    with pytest.raises(BoxError, match="same size"):
+        d.set_image(LoadedImage("small.png", torch.zeros(3, 32, 32), (32, 32), "stretch"))
+
+
+# --------------------------------------------------------- multi box drawer --
+
+def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
+    structure, cat, cup = imgs
+    d = MultiBoxDrawer(mlab, structure, [cat, cup])
+    assert len(d.pairs) == 1 and d.selected == 0  # ready to draw
+    drag(d.target, (4, 6), (30, 40))
+    drag(d.reference, (2, 2), (50, 60))
+    d.add_pair()
+    assert d.selected == 1 and d.pairs[1].reference == 0  # the selected pair's reference
+    d.ref_choice.value = 1  # as a user picks the cup
+    assert d.pairs[1].reference == 1 and d.reference.image is cup
+    drag(d.target, (34, 10), (62, 58))
+    drag(d.reference, (10, 8), (54, 56))
+    assert d.objects() == [
+        {"appearance": cat, "target_box": [4, 6, 30, 40], "appearance_box": [2, 2, 50, 60]},
+        {"appearance": cup, "target_box": [34, 10, 62, 58], "appearance_box": [10, 8, 54, 56]}]
+
+    multi = d.multi_pair(mask="box")
+    assert [m.name for m in multi.references] == ["chelsea_cat.png", "coffee_cup.png"]
+    assert multi.boxes == [((4, 6, 30, 40), (2, 2, 50, 60)), ((34, 10, 62, 58), (10, 8, 54, 56))]
+    for region, (tb, ab), ref in zip(multi.regions, multi.boxes, (cat, cup)):
+        assert multi.references[region.reference] is ref
+        assert torch.equal(region.target_mask, box_mask(tb, structure.size))
+        assert torch.equal(region.ref_mask, box_mask(ab, structure.size))
+
+    # one hue per pair: target strong, reference pale; hues differ between pairs
+    (t0, r0), (t1, r1) = d.colors(0), d.colors(1)
+    assert len({t0, r0, t1, r1}) == 4
+    assert hue(t0) == pytest.approx(hue(r0), abs=0.02)
+    assert hue(t1) == pytest.approx(hue(r1), abs=0.02)
+    assert min(abs(hue(t0) - hue(t1)), 1 - abs(hue(t0) - hue(t1))) > 0.15
+    # the selected pair's boxes are active in its colours, the others are inactive boxes
+    assert d.target.color == t1 and d.reference.color == r1
+    assert d.target.extras == [ExtraBox((4, 6, 30, 40), t0, "1", 0)]
+    assert d.reference.extras == []  # pair 1 uses another reference image
+    assert [b.style.button_color for b in d.pair_buttons.children] == [render.css(t0),
+                                                                       render.css(t1)]
+    assert "coffee_cup.png" in d.legend.value and "[34, 10, 62, 58]" in d.legend.value
+
+    # a click inside pair 1's target box selects it; its reference image comes back
+    d.target.on_mouse_down(10, 10)
+    d.target.on_mouse_up(10, 10)
+    assert d.selected == 0 and d.reference.image is cat and d.target.box == (4, 6, 30, 40)
+    assert d.ref_choice.value == 0 and d.target.extras[0].box == (34, 10, 62, 58)
+    # removing a pair keeps the other pair's colours
+    d.remove_pair()
+    assert d.selected == 0 and len(d.objects()) == 1 and d.colors(0) == (t1, r1)
+    d.remove_pair()
+    assert d.pairs == [] and d.selected is None and "no pairs" in d.legend.value
+    drag(d.target, (1, 1), (20, 20))  # drawing with no pair adds one
+    assert d.objects() == [{"appearance": cat, "target_box": [1, 1, 20, 20]}]
+
+
+def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
+    from e4e_lab.cli import _read_pairs
+
+    structure, cat, cup = imgs
+    d = MultiBoxDrawer(mlab, structure, [cat, cup], pairs=EX / "multi_pairs.json")
+    # drawn at 512 px ("_size"), rescaled to 64
+    assert [(p.target_box, p.reference, p.appearance_box) for p in d.pairs] == [
+        ((2, 1, 33, 62), 0, (1, 0, 59, 64)), ((32, 1, 63, 62), 1, (7, 2, 62, 63))]
+    d.select(0)
+    drag(d.target, (20, 30), (25, 35))  # move pair 1's target box (clamped to the image)
+    saved = d.save(tmp_path / "sub" / "pairs.json")
+    data = json.loads(saved.read_text())
+    assert data["_size"] == SIZE and data["objects"][0]["target_box"] == [7, 3, 38, 64]
+    # appearance paths are relative to the file, as the CLI reads them
+    assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
+        EX / "chelsea_cat.png", EX / "coffee_cup.png"]
+    # the CLI's --pairs reader and Lab.multi_pair see the same pairs
+    objects, boxes_size = _read_pairs(str(saved))
+    multi = mlab.multi_pair(structure, objects, mask="box", boxes_size=boxes_size)
+    assert multi.boxes == d.multi_pair(mask="box").boxes
+    assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",
+                                                                     EX / "coffee_cup.png"]
+    # a reference that is not given is loaded from the file
+    other = MultiBoxDrawer(mlab, structure, [cat], path=saved)
+    assert other.load() == [{**o, "appearance": other.references[i]}
+                            for o, i in zip(d.objects(), (0, 1))]
+    assert [r.name for r in other.references] == ["chelsea_cat.png", "coffee_cup.png"]
+    assert torch.equal(other.references[1].pixels, cup.pixels)
+    assert [o[1] for o in other.ref_choice.options] == [0, 1]
+
+    # bad input: typed errors naming the entry, shown in the status, state unchanged
+    with pytest.raises(BoxError, match="at least one object"):
+        other.load({"objects": []})
+    with pytest.raises(BoxError, match=r"objects\[1\]\.appearance 'nope\.png'"):
+        other.load({"objects": [{"appearance": "chelsea_cat.png"}, {"appearance": "nope.png"}]})
+    with pytest.raises(BoxError, match=r"objects\[0\]\.target_box"):
+        other.load({"objects": [{"appearance": "chelsea_cat.png", "target_box": [9, 9, 1, 1]}]})
+    assert "target_box" in other.status.value and len(other.pairs) == 2
+    with pytest.raises(BoxError, match="same size"):
+        MultiBoxDrawer(mlab, structure, [mlab.load_image(EX / "coffee_cup.png", 128)])
+
+
+# ----------------------------------------------------------- comparison grid --
+
+def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
+    pair = example_pair(lab)
+    methods = ("feature", "v", "cross-image", "paint-by-example")
+    grid = ComparisonGrid(lab, pair, cfg, methods=methods, pbe_steps=4)
+    assert grid.methods() == methods
+    assert grid.run(block=True) and grid.state == "done", grid.error
+    assert [r.method for r in grid.results] == list(methods) and grid.inverted
+    assert grid.progress.value == grid.progress.max == 4
+    assert len(list(lab.disk_cache.folder.glob("*.safetensors"))) == 2  # one per image
+    assert len(grid.grid.children) == 2 + 4
+    assert "Cross-Image Attention" in grid.table.value and "<b>" in grid.table.value
+    assert "part_agreement" in grid.pair_scores.value
+    # each result is bit for bit what lab.transfer gives with the same config and seed
+    for r in grid.results[:3]:
+        assert r.config == cfg.replace(injection=r.method) and r.seconds > 0
+        assert torch.equal(r.image, lab.transfer(pair, r.config).image), r.method
+        assert r.scores == evaluate.score(r.result, pair, lab, r.config)
+    pbe = grid.results[3]
+    assert torch.equal(pbe.image, paint_by_example(grid.pbe, pair, seed=cfg.seed, steps=4))
+    # evaluate() runs the same code path: the same scores
+    spec = evaluate.PairSpec("cat_horse", EX / "chelsea_cat.png", EX / "horse_silhouette.png",
+                             cfg.domain)
+    rows, _ = evaluate.evaluate(lab, [spec], load_boxes(EX / "boxes.json"), ("v",), cfg,
+                                mask="box", size=SIZE)
+    assert {k: rows[0][k] for k in grid.results[1].scores} == grid.results[1].scores
+    assert len(list(lab.disk_cache.folder.glob("*.safetensors"))) == 2
+
+    # Stop after the first method: the finished one is kept, the rest are not run
+    grid.set_methods(["kv", "feature"])
+    grid.progress.observe(lambda ch: ch["new"] == 1 and grid.stop_button.click(), "value")
+    assert grid.run(block=True) and grid.state == "cancelled"
+    assert grid.methods() == ("feature", "kv")  # in the grid's order
+    assert [r.method for r in grid.results] == ["feature"] and not grid.inverted
+    assert "stopped after 1 of 2" in grid.status.value
+    assert not grid.run_button.disabled and grid.stop_button.disabled
+
+    grid.set_methods([])
+    assert not grid.run() and "tick at least one" in grid.status.value
+    with pytest.raises(ConfigError, match="methods"):
+        evaluate.compare_methods(lab, pair, ["feature", "dall-e"], cfg)
+
+
+def test_best_methods_follow_score_directions():
+    def res(method, **scores):
+        full = dict.fromkeys(evaluate.HIGHER_IS_BETTER, 0.5) | scores
+        return evaluate.MethodResult(method, torch.zeros(3, 2, 2), 1.0, full, TransferConfig())
+
+    best = evaluate.best_methods([res("feature", ssim=0.9, histogram_distance=0.4),
+                                  res("v", ssim=0.2, histogram_distance=0.1)])
+    assert best["ssim"] == "feature" and best["histogram_distance"] == "v"
+    assert "part_agreement" not in best  # pair-level: the same for every method
+
+
+# ------------------------------------------------------------- part explorer --
+
+def test_part_explorer_confusion_counts_the_matches(mlab, cfg):
+    pair = example_pair(mlab)
+    pe = PartExplorer(mlab, pair, cfg, k=4)
+    parts, fld = pe.parts, pe.parts.field
+    conf = parts.confusion
+    assert conf.shape == (4, 4) and pe.feature_passes == 1
+    # the total is the number of matched target positions; rows and columns count parts
+    assert parts.matched == int(conf.sum()) == int(fld.matched.sum()) > 0
+    t = parts.parts.target.flatten()
+    ref_part = parts.parts.reference.flatten()[fld.index[fld.matched]]
+    for i in range(4):
+        assert int(conf[i].sum()) == int(((t == i) & fld.matched).sum())
+        assert int(conf[:, i].sum()) == int((ref_part == i).sum())
+    assert pe.parts.agreement == pytest.approx(float(conf.diagonal().sum() / conf.sum()))
+    # the same parts the metrics use
+    scores = evaluate.score(SimpleNamespace(image=pair.structure.pixels), pair, mlab, cfg)
+    assert pe.parts.agreement == scores["part_agreement"]
+    # same colour = same cluster on both images
+    colors = render.palette(4)
+    for view, labels in ((pe.target_view, parts.parts.target),
+                         (pe.ref_view, parts.parts.reference)):
+        ov = view.overlay
+        lab_ = labels.numpy()
+        assert (ov[lab_ < 0, 3] == 0).all()
+        for p in range(4):
+            assert (ov[lab_ == p, :3] == colors[p]).all()
+    assert pe.matrix.value.count("<tr") == 5 and "agreement" in pe.summary.value
+    text = pe.confusion_text().splitlines()
+    assert text[0].split()[1:] == ["1", "2", "3", "4"]
+    assert [int(v) for v in text[1].split()[1:]] == conf[0].tolist()
+
+    # changing k re-clusters the same features (no UNet pass)
+    pe.k.value = 3
+    assert pe.parts.k == 3 and pe.parts.confusion.shape == (3, 3)
+    assert pe.feature_passes == 1 and pe.clusterings == 2
+    assert int(pe.parts.parts.target.max()) <= 2
+    assert pe.parts.matched == int(fld.matched.sum())
+    assert pe.matrix.value.count("<tr") == 4
+    assert pe.k.max == min(12, pe.features.max_k)
+
+    # a click on a part highlights it on both images; a second click shows all again
+    ys, xs = torch.nonzero(pe.parts.parts.target >= 0, as_tuple=True)
+    cell = (int(ys[0]), int(xs[0]))
+    grid = pe.features.grid
+    x, y = (cell[1] + 0.5) * SIZE / grid[1], (cell[0] + 0.5) * SIZE / grid[0]
+    part = int(pe.parts.parts.target[cell])
+    assert pe.pick(x, y) == part == pe.highlight
+    ov, labels = pe.ref_view.overlay, pe.parts.parts.reference.numpy()
+    assert np.all(ov[labels == part, 3] > ov[(labels >= 0) & (labels != part), 3].max(initial=0))
+    assert pe.pick(x, y) is None
+    with pytest.raises(ConfigError, match="'k'"):
+        pair_parts(mlab, pair, cfg, pe.features.max_k + 1, features=pe.features)

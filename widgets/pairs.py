@@ -1,0 +1,374 @@
+"""Paired boxes for multi-object transfer: each target box takes its colours from one box
+on one reference image.
+
+Two :class:`~widgets.boxes.BoxDrawer` s do the drawing: the structure (target) image and
+the selected pair's reference image. The selected pair's boxes are the active ones; the
+other pairs' boxes are shown thinner, in their own colours, and a click inside one selects
+that pair. Each pair has one hue: strong on the target, pale on the reference.
+
+``objects()`` is the list ``Lab.multi_pair(structure, objects)`` takes; ``save`` / ``load``
+read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
+
+    drawer = MultiBoxDrawer(lab, structure, [cat, cup], pairs="example/multi_pairs.json")
+    drawer.select(1); drawer.target.set_box([30, 2, 62, 60])
+    multi = drawer.multi_pair(mask="box")           # a MultiPair for lab.transfer_multi
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ipywidgets as W
+
+from e4e_lab.cache import atomic_write_text
+from e4e_lab.errors import BoxError
+from e4e_lab.images import Box, LoadedImage, parse_box, scale_boxes
+
+from . import render
+from .boxes import BoxDrawer, ExtraBox, file_row
+from .common import LabWidget, status_html
+
+
+@dataclass
+class ObjectPair:
+    """One (target box, reference image, reference box) pair; a missing box means the
+    whole image. ``color`` is the pair's palette index (kept when other pairs go)."""
+
+    reference: int  # index into MultiBoxDrawer.references
+    color: int
+    target_box: Box | None = None
+    appearance_box: Box | None = None
+
+
+def _box_text(box) -> str:
+    return "whole image" if box is None else str(list(box))
+
+
+class MultiBoxDrawer(LabWidget):
+    """Draw (target box, reference box) pairs over a structure image and its references."""
+
+    def __init__(self, lab, structure: LoadedImage, references: list[LoadedImage],
+                 pairs=None, path: str | Path = "multi_pairs.json", display_size: int = 256):
+        self.lab = lab
+        self.structure = structure
+        self.references: list[LoadedImage] = []
+        self.pairs: list[ObjectPair] = []
+        self.selected: int | None = None
+        self._next_color = 0
+        self._syncing = False
+        self.ref_choice = W.Dropdown(description="reference", layout=W.Layout(width="340px"))
+        if not references:
+            raise BoxError("MultiBoxDrawer needs at least one reference image: pass "
+                           "references=[lab.load_image(path, size), ...]")
+        for ref in references:
+            self.add_reference(ref)
+
+        self.target = BoxDrawer(structure, title=f"structure (target): {structure.name}",
+                                display_size=display_size)
+        self.reference = BoxDrawer(self.references[0], title="reference (appearance)",
+                                   display_size=display_size)
+        self.target.observers.append(lambda d: self._on_box("target_box", d.box))
+        self.reference.observers.append(lambda d: self._on_box("appearance_box", d.box))
+        for d in (self.target, self.reference):
+            d.pick_observers.append(self.select)
+
+        self.pair_buttons = W.HBox()
+        self.add_button = W.Button(description="Add pair", icon="plus")
+        self.remove_button = W.Button(description="Remove pair", icon="trash")
+        self.add_button.on_click(lambda _: self.add_pair())
+        self.remove_button.on_click(lambda _: self.remove_pair())
+        self.ref_choice.observe(self._on_ref_choice, names="value")
+        self.legend = W.HTML()
+        files = file_row(self, path, "pairs JSON")
+        self.widget = self._frame(
+            W.HBox([self.pair_buttons, self.add_button, self.remove_button]), self.ref_choice,
+            W.HBox([self.target.widget, self.reference.widget]), self.legend, files,
+            self.status, title="Object pairs (multi-object transfer)")
+        if pairs is not None:
+            self.load(pairs)
+        else:
+            self.add_pair()
+
+    # ------------------------------------------------------------ references --
+    def add_reference(self, image: LoadedImage) -> int:
+        """Add a reference image (same size as the structure); returns its index."""
+        if image.size != self.structure.size:
+            raise BoxError(f"reference '{image.name}' is {image.size[0]}x{image.size[1]} but the "
+                           f"structure is {self.structure.size[0]}x{self.structure.size[1]}: "
+                           "load every image at the same size")
+        self.references.append(image)
+        self._refresh_ref_options()
+        return len(self.references) - 1
+
+    def _refresh_ref_options(self) -> None:
+        self._syncing = True
+        try:
+            self.ref_choice.options = [(f"{n + 1}: {r.name}", n)
+                                       for n, r in enumerate(self.references)]
+            if self.selected is not None:
+                self.ref_choice.value = self.pairs[self.selected].reference
+        finally:
+            self._syncing = False
+
+    # ----------------------------------------------------------------- pairs --
+    def add_pair(self, target_box=None, appearance_box=None, reference: int | None = None
+                 ) -> int:
+        """Add a pair (boxes in model pixels, reference by index; default: the selected
+        pair's reference) and select it; returns its index."""
+        if reference is None:
+            reference = self.pairs[self.selected].reference if self.selected is not None else 0
+        self._check_reference(reference)
+        size = self.structure.size
+        pair = ObjectPair(reference, self._next_color,
+                          None if target_box is None else parse_box(target_box, size, "target box"),
+                          None if appearance_box is None else
+                          parse_box(appearance_box, size, "reference box"))
+        self._next_color += 1
+        self.pairs.append(pair)
+        self.select(len(self.pairs) - 1)
+        return len(self.pairs) - 1
+
+    def remove_pair(self, index: int | None = None) -> None:
+        """Remove a pair (default: the selected one) and select its neighbour."""
+        index = self.selected if index is None else index
+        if index is None or not 0 <= index < len(self.pairs):
+            self.status.value = status_html("no pair to remove", "warn")
+            return
+        del self.pairs[index]
+        self.select(min(index, len(self.pairs) - 1) if self.pairs else None)
+
+    def select(self, index: int | None) -> None:
+        """Make a pair the one being edited (None: none; drawing then adds a pair)."""
+        if index is not None and not 0 <= index < len(self.pairs):
+            raise IndexError(f"pair {index} does not exist: there are {len(self.pairs)} pairs")
+        self.selected = index
+        self._syncing = True
+        try:
+            pair = None if index is None else self.pairs[index]
+            self.target.set_box(pair and pair.target_box)
+            if pair is not None:
+                self.ref_choice.value = pair.reference
+                self.reference.set_image(self.references[pair.reference])
+            self.reference.set_box(pair and pair.appearance_box)
+        finally:
+            self._syncing = False
+        self._refresh()
+
+    def set_reference(self, reference: int, index: int | None = None) -> None:
+        """Make a pair (default: the selected one) take its colours from another reference
+        image; its reference box is kept (all images share one size)."""
+        self._check_reference(reference)
+        index = self.selected if index is None else index
+        if index is None:
+            return
+        self.pairs[index].reference = reference
+        if index == self.selected:
+            self.select(index)
+        else:
+            self._refresh()
+
+    def colors(self, index: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """(target, reference) colours of pair ``index``."""
+        return render.pair_colors(self.pairs[index].color)
+
+    def _check_reference(self, reference: int) -> None:
+        if not 0 <= reference < len(self.references):
+            n = len(self.references)
+            raise BoxError(f"reference {reference} does not exist: there are {n} reference "
+                           f"images (0..{n - 1})")
+
+    # ----------------------------------------------------------------- events --
+    def _on_box(self, field: str, box) -> None:
+        if self._syncing:
+            return
+        if self.selected is None:
+            if box is None:
+                return
+            self.add_pair(**{field: box})
+            return
+        setattr(self.pairs[self.selected], field, box)
+        self._refresh()
+
+    def _on_ref_choice(self, change) -> None:
+        if not self._syncing and change["new"] is not None:
+            self.set_reference(change["new"])
+
+    # ----------------------------------------------------------------- drawing --
+    def _refresh(self) -> None:
+        """Colours, inactive boxes, pair buttons and legend after any change."""
+        sel = self.selected
+        t_extras, r_extras = [], []
+        for n, p in enumerate(self.pairs):
+            if n == sel:
+                continue
+            tc, rc = self.colors(n)
+            if p.target_box is not None:
+                t_extras.append(ExtraBox(p.target_box, tc, str(n + 1), n))
+            if p.appearance_box is not None and sel is not None and \
+                    p.reference == self.pairs[sel].reference:
+                r_extras.append(ExtraBox(p.appearance_box, rc, str(n + 1), n))
+        tc, rc = self.colors(sel) if sel is not None else (render.hue_color(0, 0, 0.6),) * 2
+        self.target.set_extras(t_extras, color=tc)
+        self.reference.set_extras(r_extras, color=rc)
+        self.pair_buttons.children = [self._pair_button(n) for n in range(len(self.pairs))]
+        self.remove_button.disabled = sel is None
+        self.ref_choice.disabled = sel is None
+        self.legend.value = self.legend_html()
+
+    def _pair_button(self, n: int) -> W.Button:
+        b = W.Button(description=f"pair {n + 1}", icon="check" if n == self.selected else "",
+                     layout=W.Layout(width="90px"),
+                     tooltip=f"edit pair {n + 1} (or click its box on an image)")
+        b.style.button_color = render.css(self.colors(n)[0])
+        b.style.font_weight = "bold" if n == self.selected else "normal"
+        b.on_click(lambda _, n=n: self.select(n))
+        return b
+
+    def legend_html(self) -> str:
+        if not self.pairs:
+            return "<i>no pairs: press 'Add pair', or draw a box on the structure image</i>"
+        rows = []
+        for n, p in enumerate(self.pairs):
+            tc, rc = (render.css(c) for c in self.colors(n))
+            sw = "<span style='display:inline-block;width:12px;height:12px;background:{}'></span>"
+            mark = "&#9654; " if n == self.selected else ""
+            rows.append(
+                f"<tr><td>{mark}<b>pair {n + 1}</b></td><td>{sw.format(tc)} target "
+                f"{_box_text(p.target_box)}</td><td>takes colours from</td>"
+                f"<td>{sw.format(rc)} {html.escape(self.references[p.reference].name)} "
+                f"{_box_text(p.appearance_box)}</td></tr>")
+        return ("<table style='border-spacing:8px 1px'>" + "".join(rows) + "</table><small>"
+                "boxes in model pixels; click a pair's box on an image to edit that pair</small>")
+
+    # ------------------------------------------------------------------ output --
+    def objects(self) -> list[dict]:
+        """The pairs as ``Lab.multi_pair(structure, objects)`` takes them (a missing box
+        is left out: the library then uses the whole image)."""
+        out = []
+        for p in self.pairs:
+            obj: dict = {"appearance": self.references[p.reference]}
+            if p.target_box is not None:
+                obj["target_box"] = list(p.target_box)
+            if p.appearance_box is not None:
+                obj["appearance_box"] = list(p.appearance_box)
+            out.append(obj)
+        return out
+
+    def multi_pair(self, mask: str = "auto", **kwargs):
+        """``lab.multi_pair`` of the structure with the drawn pairs."""
+        return self.lab.multi_pair(self.structure, self.objects(), mask=mask, **kwargs)
+
+    def to_json(self, folder: str | Path = ".") -> dict:
+        """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the
+        CLI reads them relative to the JSON file)."""
+        w, h = self.structure.size
+        objects = []
+        for obj in self.objects():
+            ref = obj["appearance"]
+            src = Path(ref.source) if ref.source else None
+            where = (Path(os.path.relpath(src.resolve(), Path(folder).resolve())).as_posix()
+                     if src is not None and src.is_file() else ref.name)
+            objects.append({**obj, "appearance": where})
+        return {"_size": w if w == h else [w, h], "objects": objects}
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the pairs JSON that ``e4e-lab transfer --pairs`` reads."""
+        p = Path(path if path is not None else self.path.value).expanduser()
+        try:
+            atomic_write_text(p, json.dumps(self.to_json(p.parent), indent=2))
+        except OSError as exc:
+            self.status.value = status_html(f"could not save '{p}': {exc}", "error")
+            raise
+        self.path.value = str(p)
+        self.status.value = status_html(f"saved {len(self.pairs)} pair(s) to {p}", "ok")
+        return p
+
+    def load(self, source: str | Path | dict | list | None = None, folder: str | Path = "."
+             ) -> list[dict]:
+        """Read pairs from a ``--pairs`` JSON path (default: the path field), a dict, or
+        an objects list like :meth:`objects` (appearance paths relative to ``folder``).
+        Boxes drawn at another resolution (``_size``) are rescaled; appearance images
+        that are not yet references are loaded (at the structure's size) when ``lab`` is
+        set. Replaces the pairs (left as they were on an error)."""
+        if source is None:
+            source = self.path.value
+        if isinstance(source, list):
+            source = {"objects": source}
+        try:
+            if isinstance(source, dict):
+                data, base = source, Path(folder)
+            else:
+                data, base = self._read(Path(source)), Path(source).parent
+            pairs = [self._parse_object(n, obj, data.get("_size"), base)
+                     for n, obj in enumerate(self._objects_of(data, source))]
+        except BoxError as exc:
+            self.status.value = status_html(str(exc), "error")
+            raise
+        self.pairs, self._next_color = [], 0
+        for target_box, ref, ref_box in pairs:
+            self.add_pair(target_box, ref_box, ref)
+        self.select(0)
+        where = "the given pairs" if isinstance(source, dict) else str(source)
+        self.status.value = status_html(f"loaded {len(pairs)} pair(s) from {where}", "ok")
+        return self.objects()
+
+    # ------------------------------------------------------------------ parsing --
+    @staticmethod
+    def _read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BoxError(f"pairs file '{path}' cannot be read ({exc}): give the path of a "
+                           "JSON file like example/multi_pairs.json") from None
+        except json.JSONDecodeError as exc:
+            raise BoxError(f"pairs file '{path}' is not valid JSON ({exc})") from None
+
+    @staticmethod
+    def _objects_of(data, source) -> list:
+        objects = data.get("objects") if isinstance(data, dict) else None
+        if not isinstance(objects, list) or not objects:
+            where = "the given pairs" if isinstance(source, dict) else f"pairs file '{source}'"
+            raise BoxError(f'{where} must be an object {{"_size": 512, "objects": '
+                           '[{"target_box": [...], "appearance": PATH, "appearance_box": '
+                           "[...]}, ...]} with at least one object")
+        return objects
+
+    def _parse_object(self, n: int, obj, declared, base: Path
+                      ) -> tuple[Box | None, int, Box | None]:
+        name = f"objects[{n}]"
+        if not isinstance(obj, dict) or not isinstance(obj.get("appearance"), (str, LoadedImage)):
+            raise BoxError(f"{name} must be an object with \"appearance\": PATH, got {obj!r}")
+        ref = self._find_reference(obj["appearance"], base, name)
+        boxes = {"t": obj.get("target_box"), "a": obj.get("appearance_box")}
+        if declared is not None:
+            boxes = scale_boxes({"_size": declared, **boxes}, self.structure.size)
+        size = self.structure.size
+        target, appearance = (None if boxes[k] is None else
+                              parse_box(boxes[k], size, f"{name}.{field}")
+                              for k, field in (("t", "target_box"), ("a", "appearance_box")))
+        return target, ref, appearance
+
+    def _find_reference(self, appearance, base: Path, name: str) -> int:
+        """Index of a reference: the same image, the same file, or the same file name;
+        else the file is loaded (needs ``lab``)."""
+        if isinstance(appearance, LoadedImage):
+            known = [n for n, r in enumerate(self.references) if r is appearance]
+            return known[0] if known else self.add_reference(appearance)
+        path = base / appearance
+        for n, r in enumerate(self.references):
+            if r.source and Path(r.source).resolve() == path.resolve():
+                return n
+        for n, r in enumerate(self.references):
+            if r.name == Path(appearance).name:
+                return n
+        if self.lab is None or not path.is_file():
+            names = ", ".join(r.name for r in self.references)
+            raise BoxError(f"{name}.appearance '{appearance}' is none of the reference images "
+                           f"({names}) and no such file exists under '{base}': pass it in "
+                           "references or fix the path")
+        return self.add_reference(self.lab.load_image(path, self.structure.size[0],
+                                                      fit=self.structure.fit))
