@@ -63,3 +63,13 @@ def fast_config():
 
     return TransferConfig(num_steps=20, skip_steps=6, feat_range=(2, 12), adain_range=(10, 20),
                           refresh_until=8, domain="bird")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say where the browser tests left their screenshots."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
+    shots = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if shots:
+        terminalreporter.write_line(f"browser screenshots: {len(shots)} in {folder}")

@@ -1,0 +1,303 @@
+"""JupyterLab in headless Chromium, for the browser tests (``tests/test_browser.py``).
+
+- :func:`find_chromium`: Debian's ``chromium`` binary (never a downloaded browser).
+- :class:`LabServer`: JupyterLab on 127.0.0.1, a free port, no token, a throw-away HOME,
+  settings and root dir; news and update checks off; stopped by its process id.
+- :class:`LabPage`: one browser page on that server: open a notebook, run all cells,
+  read the notebook model, run code in the notebook's kernel, collect console errors,
+  take screenshots.
+
+The JupyterLab application is exposed to the page (``expose_app_in_browser``) so the
+tests use JupyterLab's own commands and models instead of guessing from pixels; mouse
+input on the widgets is real (Playwright's mouse, dispatched by Chromium).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+# JupyterLab user settings written into the throw-away settings dir
+LAB_SETTINGS = {
+    # no news feed, no update check, no "would you like news?" toast
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                    "checkForUpdates": False},
+    # every cell stays in the DOM (no virtual scrolling), so every output can be checked
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+}
+
+# text that means a widget view did not render
+WIDGET_FAILURES = ("Error displaying widget", "model not found", "Loading widget...",
+                   "Failed to load model class", "Error creating view")
+
+
+def find_chromium() -> str | None:
+    """Path of Debian's Chromium (``$E4E_CHROMIUM`` overrides), or None."""
+    explicit = os.environ.get("E4E_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabServer:
+    """A JupyterLab server process serving ``root`` (started by :meth:`start`)."""
+
+    def __init__(self, root: Path, home: Path, env: dict[str, str]):
+        self.root, self.home = root, home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = home / "jupyterlab.log"
+        self.env = dict(env, HOME=str(home),
+                        JUPYTER_CONFIG_DIR=str(home / ".jupyter"),
+                        JUPYTER_DATA_DIR=str(home / ".local/share/jupyter"),
+                        JUPYTER_RUNTIME_DIR=str(home / ".local/share/jupyter/runtime"),
+                        JUPYTERLAB_SETTINGS_DIR=str(home / "lab-settings"),
+                        JUPYTERLAB_WORKSPACES_DIR=str(home / "lab-workspaces"),
+                        IPYTHONDIR=str(home / ".ipython"))
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
+               "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
+               "--ServerApp.port_retries=0", "--IdentityProvider.token=",
+               "--ServerApp.password=", f"--ServerApp.root_dir={self.root}",
+               "--LabApp.news_url=None",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+               "--LabApp.expose_app_in_browser=True"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        return cmd
+
+    def write_settings(self) -> None:
+        base = Path(self.env["JUPYTERLAB_SETTINGS_DIR"])
+        for plugin, values in LAB_SETTINGS.items():
+            package, name = plugin.rsplit("/", 1)
+            path = base / package / f"{name}.jupyterlab-settings"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(values), encoding="utf-8")
+
+    def start(self, timeout: float = 120) -> "LabServer":
+        self.write_settings()
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            # its own process group: stopping it also stops the kernels it started
+            self.process = subprocess.Popen(self.command(), env=self.env, cwd=self.root,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {self.process.returncode}:\n"
+                                   f"{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/status", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"JupyterLab did not answer in {timeout} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group by its id, SIGKILL if it lingers."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        try:  # kernels that outlived the server
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+# JavaScript run in the page; ``window.jupyterapp`` is JupyterLab's application
+_JS_NOTEBOOK = "window.jupyterapp.shell.currentWidget"
+_JS_KERNEL_READY = f"""() => {{
+  const nb = window.jupyterapp && {_JS_NOTEBOOK};
+  const ctx = nb && nb.sessionContext;
+  const kernel = ctx && ctx.session && ctx.session.kernel;
+  return !!(nb && nb.content && nb.content.model && kernel && kernel.status === 'idle'
+            && kernel.connectionStatus === 'connected');
+}}"""
+_JS_STATE = f"""() => {{
+  const nb = {_JS_NOTEBOOK};
+  const cells = nb.content.model.cells;
+  const out = {{kernel: nb.sessionContext.session.kernel.status, counts: [], errors: 0}};
+  for (let i = 0; i < cells.length; i++) {{
+    const cell = cells.get(i);
+    if (cell.type !== 'code') continue;
+    out.counts.push(cell.executionCount);
+    const outputs = cell.toJSON().outputs || [];
+    out.errors += outputs.filter(o => o.output_type === 'error').length;
+  }}
+  return out;
+}}"""
+_JS_OUTPUTS = f"""() => {{
+  const cells = {_JS_NOTEBOOK}.content.model.cells;
+  const out = [];
+  for (let i = 0; i < cells.length; i++) {{
+    const cell = cells.get(i);
+    if (cell.type === 'code') out.push(cell.toJSON().outputs || []);
+  }}
+  return out;
+}}"""
+_JS_EXECUTE = f"""async (code) => {{
+  const kernel = {_JS_NOTEBOOK}.sessionContext.session.kernel;
+  const future = kernel.requestExecute({{code, store_history: false}});
+  let text = '';
+  let error = null;
+  future.onIOPub = msg => {{
+    const type = msg.header.msg_type;
+    if (type === 'stream') text += msg.content.text;
+    if (type === 'error') error = msg.content.ename + ': ' + msg.content.evalue;
+  }};
+  await future.done;
+  return {{text, error}};
+}}"""
+
+
+class KernelCodeError(AssertionError):
+    pass
+
+
+class LabPage:
+    """A Chromium page on a :class:`LabServer`, recording console and page errors."""
+
+    def __init__(self, page, server: LabServer, artifacts: Path):
+        self.page, self.server, self.artifacts = page, server, artifacts
+        self.console_errors: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
+
+    def _on_console(self, msg) -> None:
+        if msg.type == "error":
+            self.console_errors.append(f"console.error: {msg.text}")
+        elif msg.type == "warning" and "widget" in msg.text.lower() and "error" in msg.text.lower():
+            self.console_errors.append(f"widget warning: {msg.text}")
+
+    # ------------------------------------------------------------- notebooks --
+    def open(self, path: str, timeout: float = 120) -> None:
+        """Open ``path`` (relative to the server root) and wait for an idle kernel."""
+        self.page.goto(f"{self.server.url}/lab/tree/{path}")
+        self.page.wait_for_function(_JS_KERNEL_READY, timeout=timeout * 1000, polling=250)
+
+    def run_all(self, timeout: float = 300) -> dict:
+        """Run all cells; return when every code cell ran or one failed (kernel idle)."""
+        self.page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        deadline = time.monotonic() + timeout
+        settled = 0
+        state: dict = {}
+        while time.monotonic() < deadline:
+            state = self.page.evaluate(_JS_STATE)
+            finished = all(state["counts"]) or state["errors"] > 0
+            # the kernel is idle for a moment between cells: ask for two idle polls
+            settled = settled + 1 if finished and state["kernel"] == "idle" else 0
+            if settled >= 2:
+                return state
+            time.sleep(0.5)
+        raise TimeoutError(f"the notebook did not finish in {timeout} s: {state}")
+
+    def outputs(self) -> list[list[dict]]:
+        """The outputs of every code cell, as saved in the .ipynb."""
+        return self.page.evaluate(_JS_OUTPUTS)
+
+    def kernel(self, code: str, timeout: float = 60) -> str:
+        """Run ``code`` in the notebook's kernel; returns what it printed."""
+        self.page.set_default_timeout(timeout * 1000)
+        reply = self.page.evaluate(_JS_EXECUTE, code)
+        if reply["error"]:
+            raise KernelCodeError(f"{reply['error']}\nin:\n{code}")
+        return reply["text"]
+
+    def kernel_json(self, expression: str, timeout: float = 60):
+        """The value of a JSON-able Python expression in the kernel."""
+        text = self.kernel(f"import json as _j; print(_j.dumps({expression}))", timeout)
+        return json.loads(text.strip().splitlines()[-1])
+
+    def wait_kernel(self, expression: str, timeout: float = 120, every: float = 0.25):
+        """Poll until the kernel-side ``expression`` is truthy; returns its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.kernel_json(expression)
+            if value:
+                return value
+            time.sleep(every)
+        raise TimeoutError(f"`{expression}` stayed falsy for {timeout} s")
+
+    # --------------------------------------------------------------- widgets --
+    def widget_views(self):
+        """Locators of every widget-view output, in notebook order (the widget renderer
+        is the one output panel without a ``data-mime-type``)."""
+        return self.page.locator(".jp-OutputArea-output:not([data-mime-type])")
+
+    def widget_problems(self) -> list[str]:
+        """Widget views that failed, are blank, or are missing from the page."""
+        problems = []
+        expected = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                       for cell in self.outputs() for o in cell)
+        views = self.widget_views()
+        if views.count() != expected:
+            problems.append(f"{expected} widget outputs in the notebook, "
+                            f"{views.count()} rendered in the page")
+        for n in range(views.count()):
+            view = views.nth(n)
+            text = view.inner_text()
+            for bad in WIDGET_FAILURES:
+                if bad in text:
+                    problems.append(f"widget view {n}: {bad!r} ({text[:120]!r})")
+            box = view.bounding_box()
+            if box is None or box["width"] < 20 or box["height"] < 20:
+                problems.append(f"widget view {n} is blank (bounding box {box})")
+            elif view.locator(".jupyter-widgets").count() == 0:
+                problems.append(f"widget view {n} has no widget element inside")
+        return problems
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float], steps: int = 12) -> None:
+        """A real mouse drag between two page points (button held, moves in between)."""
+        self.page.mouse.move(*start)
+        self.page.mouse.down()
+        self.page.mouse.move(*end, steps=steps)
+        self.page.mouse.up()
+
+    # ------------------------------------------------------------- evidence --
+    def screenshot(self, name: str, locator=None) -> Path:
+        path = self.artifacts / f"{name}.png"
+        if locator is not None:
+            locator.scroll_into_view_if_needed()
+            locator.screenshot(path=str(path))
+        else:
+            self.page.screenshot(path=str(path))
+        return path
