@@ -125,11 +125,11 @@ def _config(args) -> TransferConfig:
 
 def _transfer(args) -> int:
     config = _config(args)  # validate before importing or loading anything heavy
-    from .images import check_image_file, load_boxes
+    from .images import check_image_file, load_boxes, load_object_pairs
     from .outputs import check_output
 
     boxes = load_boxes(args.boxes) if args.boxes else None
-    objects, boxes_size = _read_pairs(args.pairs) if args.pairs else (None, None)
+    objects, boxes_size = load_object_pairs(args.pairs) if args.pairs else (None, None)
     if objects is None and not args.appearance:
         raise ConfigError("appearance", None, "give --appearance PATH (or --pairs JSON)")
     # refuse bad files and an existing run now, not after loading the model and running
@@ -217,29 +217,6 @@ def _evaluate(args) -> int:
     if path is not None:  # the main process (the others return None)
         print(f"wrote {path} and {path.parent / 'report.html'}", file=sys.stderr)
     return 0
-
-
-def _read_pairs(path: str) -> tuple[list[dict], int | list | None]:
-    """Objects of a --pairs file, with appearance paths made relative to the file."""
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("pairs", path, f"a readable JSON file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError("pairs", path, f"valid JSON ({exc})") from None
-    objects = data.get("objects") if isinstance(data, dict) else None
-    if not isinstance(objects, list) or not objects:
-        raise ConfigError("pairs", path, 'an object {"objects": [{"appearance": PATH, ...}]}')
-    resolved = []
-    for n, obj in enumerate(objects):
-        if not isinstance(obj, dict) or not isinstance(obj.get("appearance"), str):
-            raise ConfigError(f"pairs objects[{n}]", obj, 'an object with "appearance": PATH')
-        resolved.append({**obj, "appearance": str(p.parent / obj["appearance"])})
-    return resolved, data.get("_size")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -285,25 +285,64 @@ def parse_box(value, size: tuple[int, int], name: str = "box", clip: bool = True
     return (int(math.floor(x0)), int(math.floor(y0)), int(math.ceil(x1)), int(math.ceil(y1)))
 
 
+def _read_json(path: Path, what: str):
+    """A small JSON file parsed as data, with a :class:`BoxError` naming ``what``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BoxError(f"{what} '{path}' is not UTF-8 text ({exc.reason} at byte "
+                       f"{exc.start}): give a JSON file") from None
+    except OSError as exc:
+        raise BoxError(f"{what} '{path}' cannot be read: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BoxError(f"{what} '{path}' is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BoxError(f"{what} '{path}' is nested too deeply to be a {what}") from None
+
+
 def load_boxes(path: str | os.PathLike) -> dict[str, list[float]]:
     """Read a boxes JSON file: ``{"file name": [x0, y0, x1, y1], ...}`` (parsed as data)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BoxError(f"boxes file '{p}' is not UTF-8 text ({exc.reason} at byte "
-                       f"{exc.start}): give a JSON file") from None
-    except OSError as exc:
-        raise BoxError(f"boxes file '{p}' cannot be read: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BoxError(f"boxes file '{p}' is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise BoxError(f"boxes file '{p}' is nested too deeply to be a boxes file") from None
+    data = _read_json(p, "boxes file")
     if not isinstance(data, dict):
         raise BoxError(f"boxes file '{p}' must hold an object {{\"file name\": [x0, y0, x1, y1]}}")
     return data
+
+
+def object_pairs(data, where: str) -> tuple[list[dict], int | list | None]:
+    """The objects and ``_size`` of a multi-object pairs document::
+
+        {"_size": 512, "objects": [{"target_box": [x0, y0, x1, y1], "appearance": PATH,
+                                    "appearance_box": [...]}, ...]}
+
+    (boxes optional; ``_size`` the resolution the boxes were drawn at). ``where`` names
+    the document in errors.
+    """
+    objects = data.get("objects") if isinstance(data, dict) else None
+    if not isinstance(objects, list) or not objects:
+        raise BoxError(f'{where} must be an object {{"_size": 512, "objects": '
+                       '[{"target_box": [...], "appearance": PATH, "appearance_box": '
+                       "[...]}, ...]} with at least one object")
+    for n, obj in enumerate(objects):
+        if not isinstance(obj, dict) or obj.get("appearance") is None:
+            raise BoxError(f'{where}: objects[{n}] must be an object with "appearance": '
+                           f"PATH, got {obj!r}")
+    return objects, data.get("_size")
+
+
+def load_object_pairs(path: str | os.PathLike) -> tuple[list[dict], int | list | None]:
+    """Read a ``--pairs`` JSON file (:func:`object_pairs`); appearance paths are made
+    relative to the file's folder. Returns (objects, ``_size``)."""
+    p = Path(path)
+    where = f"pairs file '{p}'"
+    objects, size = object_pairs(_read_json(p, "pairs file"), where)
+    for n, obj in enumerate(objects):
+        if not isinstance(obj["appearance"], str):
+            raise BoxError(f"{where}: objects[{n}].appearance must be a path, "
+                           f"got {obj['appearance']!r}")
+    return [{**obj, "appearance": str(p.parent / obj["appearance"])} for obj in objects], size
 
 
 def save_boxes(path: str | os.PathLike, boxes: dict[str, Sequence[float]],

@@ -32,6 +32,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
     (tmp / "notes.png").write_text("not an image\n")
     (tmp / "bad_boxes.json").write_text("{not json")
     (tmp / "boxes.json").write_text('{"app.png": [8, 8, 56, 56], "struct.png": [4, 4, 60, 60]}')
+    (tmp / "no_objects.json").write_text('{"_size": 64, "objects": []}')
     run = tmp / "previous-run"
     run.mkdir()
     (run / "result.png").write_bytes(b"an earlier result")
@@ -54,6 +55,8 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                             ["--appearance-box", "invalid float value"]),
         "bad boxes json": (io() + ["--boxes", str(tmp / "bad_boxes.json")],
                            ["bad_boxes.json", "not valid JSON"]),
+        "pairs without objects": (io() + ["--pairs", str(tmp / "no_objects.json")],
+                                  ["no_objects.json", "at least one object"]),
         "negative guidance": (io() + ["--guidance", "-1"],
                               ["'guidance'", "-1.0", "[0.0, 100.0]"]),
         "skip past the end": (io() + ["--skip-steps", "200"], ["'skip_steps'", "200", "[0, 9]"]),
@@ -91,7 +94,7 @@ def cli_runs(models, _offline_env, tmp_path_factory):
 
 
 CASES = ["missing image", "not an image", "inverted box", "non-numeric box",
-         "bad boxes json", "negative guidance", "skip past the end", "unknown injection",
+         "bad boxes json", "pairs without objects", "negative guidance", "skip past the end", "unknown injection",
          "size not a multiple", "missing sam checkpoint", "unavailable model", "existing run"]
 
 

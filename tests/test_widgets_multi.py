@@ -156,7 +156,7 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
 
 
 def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
-    from e4e_lab.cli import _read_pairs
+    from e4e_lab.images import load_object_pairs
 
     structure, cat, cup = imgs
     d = MultiBoxDrawer(mlab, structure, [cat, cup], pairs=EX / "multi_pairs.json")
@@ -172,7 +172,7 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
     assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
         EX / "chelsea_cat.png", EX / "coffee_cup.png"]
     # the CLI's --pairs reader and Lab.multi_pair see the same pairs
-    objects, boxes_size = _read_pairs(str(saved))
+    objects, boxes_size = load_object_pairs(saved)
     multi = mlab.multi_pair(structure, objects, mask="box", boxes_size=boxes_size)
     assert multi.boxes == d.multi_pair(mask="box").boxes
     assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",

@@ -26,7 +26,8 @@ import ipywidgets as W
 
 from e4e_lab.cache import atomic_write_text
 from e4e_lab.errors import BoxError
-from e4e_lab.images import Box, LoadedImage, parse_box, scale_boxes
+from e4e_lab.images import (Box, LoadedImage, load_object_pairs, object_pairs, parse_box,
+                            scale_boxes)
 
 from . import render
 from .boxes import BoxDrawer, ExtraBox, file_row
@@ -224,6 +225,7 @@ class MultiBoxDrawer(LabWidget):
                      layout=W.Layout(width="90px"),
                      tooltip=f"edit pair {n + 1} (or click its box on an image)")
         b.style.button_color = render.css(self.colors(n)[0])
+        b.style.text_color = render.ink(self.colors(n)[0])
         b.style.font_weight = "bold" if n == self.selected else "normal"
         b.on_click(lambda _, n=n: self.select(n))
         return b
@@ -300,11 +302,13 @@ class MultiBoxDrawer(LabWidget):
             source = {"objects": source}
         try:
             if isinstance(source, dict):
-                data, base = source, Path(folder)
-            else:
-                data, base = self._read(Path(source)), Path(source).parent
-            pairs = [self._parse_object(n, obj, data.get("_size"), base)
-                     for n, obj in enumerate(self._objects_of(data, source))]
+                objects, declared = object_pairs(source, "the given pairs")
+                base = Path(folder)
+            else:  # appearance paths come back relative to the file's folder
+                objects, declared = load_object_pairs(source)
+                base = Path(".")
+            pairs = [self._parse_object(n, obj, declared, base)
+                     for n, obj in enumerate(objects)]
         except BoxError as exc:
             self.status.value = status_html(str(exc), "error")
             raise
@@ -317,26 +321,6 @@ class MultiBoxDrawer(LabWidget):
         return self.objects()
 
     # ------------------------------------------------------------------ parsing --
-    @staticmethod
-    def _read(path: Path) -> dict:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BoxError(f"pairs file '{path}' cannot be read ({exc}): give the path of a "
-                           "JSON file like example/multi_pairs.json") from None
-        except json.JSONDecodeError as exc:
-            raise BoxError(f"pairs file '{path}' is not valid JSON ({exc})") from None
-
-    @staticmethod
-    def _objects_of(data, source) -> list:
-        objects = data.get("objects") if isinstance(data, dict) else None
-        if not isinstance(objects, list) or not objects:
-            where = "the given pairs" if isinstance(source, dict) else f"pairs file '{source}'"
-            raise BoxError(f'{where} must be an object {{"_size": 512, "objects": '
-                           '[{"target_box": [...], "appearance": PATH, "appearance_box": '
-                           "[...]}, ...]} with at least one object")
-        return objects
-
     def _parse_object(self, n: int, obj, declared, base: Path
                       ) -> tuple[Box | None, int, Box | None]:
         name = f"objects[{n}]"
