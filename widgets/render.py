@@ -65,6 +65,12 @@ def css(color: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*color)
 
 
+def ink(background: tuple[int, int, int]) -> str:
+    """Black or white, whichever reads better on ``background`` (relative luminance)."""
+    r, g, b = background
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "white"
+
+
 def to_uint8(image) -> np.ndarray:
     """(H, W, 3) uint8 from a (3, H, W) float tensor in [0, 1], a LoadedImage, or an array."""
     if hasattr(image, "to_uint8"):
