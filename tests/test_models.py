@@ -86,3 +86,22 @@ def test_missing_sam_checkpoint(tmp_path):
 
     with pytest.raises(ModelUnavailableError, match="sam_hq_vit_l.pth"):
         SamMasker.load(tmp_path / "sam_hq_vit_l.pth")
+
+
+def test_a_build_without_weights_is_refused_and_not_cached(tmp_path):
+    """What a rank != 0 save_pretrained leaves (configs, no weights) never becomes the cache."""
+    from e4e_lab.errors import ModelUnavailableError
+    from e4e_lab.models.tiny import build_once
+
+    def weightless(folder):
+        for part in ("unet", "text_encoder"):
+            (folder / part).mkdir()
+            (folder / part / "config.json").write_text("{}")
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+        (folder / "E4E_TINY_MODEL.txt").write_text("tiny")
+
+    target = tmp_path / "models" / "tiny-x"
+    with pytest.raises(ModelUnavailableError, match="no weights for text_encoder"):
+        build_once(target, weightless)
+    assert not target.exists() and not [p for p in target.parent.iterdir()
+                                        if p.is_dir()]  # no staging folder left either

@@ -150,12 +150,31 @@ def build_once(folder: Path, build) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             build(staging)
+            _check_weights(staging, folder)
             if folder.exists():
                 shutil.rmtree(folder)
             staging.rename(folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _check_weights(staging: Path, folder: Path) -> None:
+    """Refuse a build whose model components have a config but no weights.
+
+    transformers' ``save_pretrained`` silently skips the weights on a torch.distributed
+    rank other than 0; marking such a build finished would poison the cache.
+    """
+    empty = sorted(d.name for d in staging.iterdir() if (d / "config.json").is_file()
+                   and not any(d.glob("*.safetensors")))
+    if empty:
+        from ..errors import ModelUnavailableError
+
+        raise ModelUnavailableError(
+            f"building '{folder.name}' wrote no weights for {', '.join(empty)} (under "
+            "torch.distributed only rank 0 writes them): load the model on the main "
+            "process first (accelerate's main_process_first), or run once without a "
+            "launcher to fill the cache")
 
 
 def tiny_model_path(root: Path | None = None) -> Path:
