@@ -148,8 +148,6 @@ def _transfer(args) -> int:
     t0 = time.perf_counter()
     lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
               use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
-    if lab.is_tiny:
-        print(f"WARNING: {lab.banner}", file=sys.stderr)
     if objects is not None:
         pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
                               fit=args.fit, boxes_size=boxes_size)
@@ -194,7 +192,7 @@ def _evaluate(args) -> int:
                           adain_range=tuple(args.adain_range), seed=args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
 
-    def make_lab(index: int):
+    def make_lab(_index: int):  # the same session on every process
         device = args.device
         if device is None:
             try:
@@ -204,8 +202,6 @@ def _evaluate(args) -> int:
                 device = None
         lab = Lab(model=args.model, device=device, dtype=dtype, cache_dir=args.cache_dir,
                   sam_checkpoint=args.sam_checkpoint)
-        if lab.is_tiny and index == 0:
-            print(f"WARNING: {lab.banner}", file=sys.stderr)
         return lab
 
     def progress(pair, method):

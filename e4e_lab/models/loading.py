@@ -22,14 +22,14 @@ import os
 import socket
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
 from ..config import FreeUConfig
-from ..errors import ModelUnavailableError
+from ..errors import ModelBusy, ModelUnavailableError
 from .tiny import is_tiny_folder, tiny_model_path
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,21 @@ class Models:
     dtype: torch.dtype
     is_tiny: bool
     fingerprint: str
+    # held while the UNet runs: a transfer installs its attention processors on it, so
+    # another thread's UNet use (inversion, DIFT features) must wait (see :meth:`in_use`)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @contextlib.contextmanager
+    def in_use(self, blocking: bool = True, action: str = "use the model"):
+        """Hold the model for one UNet job. With ``blocking=False``, raise
+        :class:`~e4e_lab.errors.ModelBusy` at once if another thread holds it."""
+        if not self.lock.acquire(blocking=blocking):
+            raise ModelBusy(f"a transfer is running on this model: {action} when it has "
+                            "finished (or stop it)")
+        try:
+            yield self
+        finally:
+            self.lock.release()
 
     @property
     def unet(self):
@@ -171,7 +186,9 @@ def load_pipeline(model: str = "auto", device: str | torch.device | None = None,
                 return _load_real(DEFAULT_MODEL, device, dtype, local_files_only=False)
             except ModelUnavailableError as exc:
                 log.warning("could not download %s (%s)", DEFAULT_MODEL, exc)
-        log.warning(TINY_WARNING)
+        # the tiny model's own warning follows (every load of it says so, in _finish)
+        log.warning("no weights of %s found locally or on the hub: falling back to the tiny "
+                    "offline model", DEFAULT_MODEL)
         return load_pipeline("tiny", device, dtype, cache_dir=cache_dir)
     return _load_real(model, device, dtype,
                       local_files_only=bool(local_files_only) or _offline())
