@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import logging
-import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from . import metrics
 from .config import TransferConfig
 from .errors import ConfigError
 from .images import load_boxes, to_uint8
+from .outputs import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +276,7 @@ def _thumb(png: Path, size: int = 128) -> str:
 
 def image_path(out: Path, pair: str, key: str) -> Path:
     """Where an evaluation keeps a pair's image (``key``: structure, appearance, a method)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", pair).strip("-.") or "pair"
-    return out / "images" / safe / f"{key}.png"
+    return out / "images" / safe_name(pair, "pair") / f"{key}.png"
 
 
 def save_images(out: Path, images: dict[tuple[str, str], torch.Tensor]) -> None:

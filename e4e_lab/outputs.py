@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +35,11 @@ class RunInputs(Protocol):
 
     def strip_inputs(self) -> list:
         """(label, LoadedImage) of the strip's panels before the result, left to right."""
+
+
+def safe_name(text: str, default: str = "run") -> str:
+    """``text`` as one safe file or folder name (never empty, never '.' or '..')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or default
 
 
 TINY_STAMP = "TINY RANDOM-WEIGHT MODEL: images are not meaningful"

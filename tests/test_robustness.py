@@ -999,3 +999,12 @@ def test_a_run_from_cached_inversions_equals_the_run_that_computed_them(referenc
                                                                         warm_reference):
     assert torch.equal(warm_reference.latents, reference_run[0].latents)
     assert torch.equal(warm_reference.image, reference_run[0].image)
+
+
+def test_safe_names_never_leave_their_folder():
+    from e4e_lab.outputs import safe_name
+
+    for text in ("..", ".", "../up", "a/b", "", " / ", "run 1: v", ".hidden"):
+        name = safe_name(text)
+        assert name and name not in (".", "..") and "/" not in name and not name.startswith(".")
+    assert safe_name("run 1: v") == "run-1-v" and safe_name("..") == "run"

@@ -8,7 +8,6 @@ callbacks registered with :meth:`ImageCanvas.on` see them.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -115,8 +114,4 @@ class ImageCanvas:
         return max(screen_pixels / self.scale, 0.5)
 
 
-def distance(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return math.hypot(a[0] - b[0], a[1] - b[1])
-
-
-__all__ = ["ImageCanvas", "hold_canvas", "distance"]
+__all__ = ["ImageCanvas", "hold_canvas"]

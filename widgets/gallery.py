@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +11,14 @@ import ipywidgets as W
 
 from e4e_lab import explore
 from e4e_lab.errors import E4ELabError
-from e4e_lab.outputs import save_run
+from e4e_lab.outputs import safe_name, save_run
 
 from . import render
 from .common import LabWidget, captioned, image_widget, status_html
+from .transfer_panel import CONTROLLED
 
-# Parameters shown for every run (the ones the transfer panel changes).
-SHOWN = ("injection", "correspondence", "guidance", "skip_steps", "feat_range", "adain",
-         "adain_range", "seed", "freeu", "num_steps")
+# Parameters shown for every run: the ones the transfer panel changes, and the step count
+SHOWN = CONTROLLED + ("num_steps",)
 
 
 @dataclass
@@ -50,10 +49,6 @@ class RunRecord:
         return (f"{self.name}: {c.injection}, g={c.guidance:g}, skip={c.skip_steps}, "
                 f"feat={list(c.feat_range)}, {adain}, seed={c.seed}"
                 f"{'' if self.masked else ', no mask'}{'' if c.freeu else ', no FreeU'}")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
 class RunGallery(LabWidget):
@@ -162,7 +157,7 @@ class RunGallery(LabWidget):
         i = self._indices([run])[0]
         rec = self.runs[i]
         out = Path(folder if folder is not None else self.export_dir.value).expanduser() \
-            / _slug(rec.name)
+            / safe_name(rec.name)
         save_run(out, rec.result, rec.pair, overwrite=overwrite,
                  extra={"run_name": rec.name, "masked": rec.masked, "note": rec.note})
         return out
