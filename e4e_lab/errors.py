@@ -48,6 +48,10 @@ class DeviceOutOfMemoryError(E4ELabError, MemoryError):
     """The accelerator ran out of memory at a stage boundary."""
 
 
+class ModelBusy(E4ELabError, RuntimeError):
+    """The UNet is in use by a transfer running in another thread."""
+
+
 class TransferCancelled(E4ELabError):
     """The run was stopped between two denoising steps by the caller."""
 

@@ -17,8 +17,6 @@ The widgets in ``widgets/`` draw what this module computes:
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -195,19 +193,13 @@ class FeatureLookup:
         """DIFT features of both images (the only expensive step of the explorer).
 
         With ``blocking=False`` a transfer running in another thread makes this raise
-        :class:`ModelBusy` at once instead of waiting for the UNet.
+        :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting for the UNet.
         """
         from .models.dift import dift_features
 
-        lock = model_lock(models)
-        if not lock.acquire(blocking=blocking):
-            raise ModelBusy("a transfer is running on this model: compute features when it "
-                            "has finished (or stop it)")
-        try:
+        with models.in_use(blocking, "compute features"):
             ft = dift_features(models, target, timestep, block, ensemble, prompt, seed)
             fr = dift_features(models, ref, timestep, block, ensemble, prompt, seed)
-        finally:
-            lock.release()
         return cls.from_features(ft.features, fr.features, target_mask, ref_mask,
                                  source=f"DIFT block {block}, t={timestep}, ensemble {ensemble}")
 
@@ -441,26 +433,6 @@ def config_diff(configs: Sequence[TransferConfig]) -> dict[str, list]:
         return {}
     return {k: [d[k] for d in dicts] for k in dicts[0]
             if any(d[k] != dicts[0][k] for d in dicts[1:])}
-
-
-# ------------------------------------------------------------- concurrency --
-
-class ModelBusy(RuntimeError):
-    """The UNet is in use by a transfer running in another thread."""
-
-
-_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(models) -> threading.RLock:
-    """One lock per loaded UNet: a background transfer installs its attention processors
-    on the shared UNet, so any other UNet use (DIFT features) must wait for it."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(models.unet)
-        if lock is None:
-            lock = _LOCKS[models.unet] = threading.RLock()
-        return lock
 
 
 # -------------------------------------------------------------- walkthrough --

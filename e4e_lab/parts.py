@@ -129,22 +129,15 @@ def pair_features(lab, pair, config, ensemble: int | None = None,
     ENSEMBLE_CAP)``) and their masked correspondence field.
 
     The UNet is shared with transfers running in other threads: with ``blocking=False``
-    a busy model raises :class:`~e4e_lab.explore.ModelBusy` at once instead of waiting.
+    a busy model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
     """
-    from .explore import ModelBusy, model_lock
     from .models.dift import dift_features
 
     ens = min(config.dift_ensemble, ENSEMBLE_CAP) if ensemble is None else ensemble
-    lock = model_lock(lab.models)
-    if not lock.acquire(blocking=blocking):
-        raise ModelBusy("a transfer is running on this model: find parts when it has "
-                        "finished (or stop it)")
-    try:
+    with lab.models.in_use(blocking, "find parts"):
         ft, fr = (dift_features(lab.models, image, config.dift_timestep, config.dift_block,
                                 ens, config.inversion.prompt, config.seed).features
                   for image in (pair.structure, pair.appearance))
-    finally:
-        lock.release()
     field = CorrespondenceField.from_features(ft, fr, pair.structure_mask, pair.appearance_mask)
     return PairFeatures(ft, fr, field, pair.structure_mask, pair.appearance_mask, ens)
 

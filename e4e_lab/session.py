@@ -260,10 +260,11 @@ class Lab:
                        inversion_progress: Callable[[int, int], None] | None = None,
                        recorder=None) -> TransferResult:
         """Multi-object transfer: each target region matches only inside its partner."""
-        invs = self.invert(multi.references + [multi.structure], config,
-                           progress=inversion_progress)
-        return run_multi_transfer(self.models, invs[:-1], invs[-1], multi.regions, config,
-                                  callback=callback, cancel=cancel, recorder=recorder)
+        with self.models.in_use():
+            invs = self.invert(multi.references + [multi.structure], config,
+                               progress=inversion_progress)
+            return run_multi_transfer(self.models, invs[:-1], invs[-1], multi.regions, config,
+                                      callback=callback, cancel=cancel, recorder=recorder)
 
     # -------------------------------------------------------------- stage 2 --
     def invert(self, images: list[LoadedImage], config: TransferConfig,
@@ -276,9 +277,10 @@ class Lab:
         keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]
         missing = [im for im, k in zip(images, keys) if k not in self._inversions]
         if missing:
-            for res in invert(self.models, missing, inv_cfg, cache=self.disk_cache,
-                              progress=progress):
-                self._inversions[res.key] = res
+            with self.models.in_use():
+                for res in invert(self.models, missing, inv_cfg, cache=self.disk_cache,
+                                  progress=progress):
+                    self._inversions[res.key] = res
         return [self._inversions[k] for k in keys]
 
     def forget_inversions(self) -> None:
@@ -288,19 +290,26 @@ class Lab:
     def dift_field(self, pair: Pair, config: TransferConfig) -> CorrespondenceField:
         from .models.dift import dift_field
 
-        return dift_field(self.models, pair.structure, pair.appearance, pair.structure_mask,
-                          pair.appearance_mask, timestep=config.dift_timestep,
-                          block=config.dift_block, ensemble=config.dift_ensemble,
-                          prompt=config.inversion.prompt, seed=config.seed)
+        with self.models.in_use():
+            return dift_field(self.models, pair.structure, pair.appearance,
+                              pair.structure_mask, pair.appearance_mask,
+                              timestep=config.dift_timestep, block=config.dift_block,
+                              ensemble=config.dift_ensemble, prompt=config.inversion.prompt,
+                              seed=config.seed)
 
     def transfer(self, pair: Pair, config: TransferConfig,
                  callback: Callable[[StepEvent], None] | None = None, cancel=None,
                  inversion_progress: Callable[[int, int], None] | None = None,
                  recorder=None) -> TransferResult:
-        """Invert (cached) and run the transfer; returns a :class:`TransferResult`."""
-        app_inv, struct_inv = self.invert([pair.appearance, pair.structure], config,
-                                          progress=inversion_progress)
-        field = self.dift_field(pair, config) if config.correspondence == "dift" else None
-        return run_transfer(self.models, app_inv, struct_inv, pair.appearance_mask,
-                            pair.structure_mask, config, callback=callback, cancel=cancel,
-                            dift_field=field, recorder=recorder)
+        """Invert (cached) and run the transfer; returns a :class:`TransferResult`.
+
+        Holds the model (:meth:`Models.in_use`) for the whole run: the transfer installs
+        its attention processors on the shared UNet.
+        """
+        with self.models.in_use():
+            app_inv, struct_inv = self.invert([pair.appearance, pair.structure], config,
+                                              progress=inversion_progress)
+            field = self.dift_field(pair, config) if config.correspondence == "dift" else None
+            return run_transfer(self.models, app_inv, struct_inv, pair.appearance_mask,
+                                pair.structure_mask, config, callback=callback, cancel=cancel,
+                                dift_field=field, recorder=recorder)

@@ -1001,6 +1001,44 @@ def test_a_run_from_cached_inversions_equals_the_run_that_computed_them(referenc
     assert torch.equal(warm_reference.image, reference_run[0].image)
 
 
+# ========================================================= shared model ====
+
+def test_a_busy_model_is_refused_at_once_or_waited_for(lab, images):
+    """A transfer holds the model (Lab.transfer, Lab.invert); a non-blocking feature
+    lookup in another thread gets ModelBusy at once, a blocking one waits for it."""
+    from e4e_lab.errors import ModelBusy
+    from e4e_lab.explore import FeatureLookup
+
+    pair = _pair(lab, images)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lab.models.in_use():
+            held.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    held.wait(30)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(ModelBusy, match="compute features when it has finished"):
+            FeatureLookup.from_dift(lab.models, pair.structure, pair.appearance, ensemble=1,
+                                    blocking=False)
+        assert time.perf_counter() - t0 < 1.0
+        waited = []
+        blocker = threading.Thread(target=lambda: waited.append(lab.dift_field(
+            pair, TransferConfig(**FAULT_CFG).replace(dift_ensemble=1))))
+        blocker.start()
+        blocker.join(0.5)
+        assert blocker.is_alive() and not waited  # Lab.dift_field waits for the model
+    finally:
+        release.set()
+        worker.join(30)
+    blocker.join(60)
+    assert len(waited) == 1
+
+
 def test_safe_names_never_leave_their_folder():
     from e4e_lab.outputs import safe_name
 

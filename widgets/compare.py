@@ -18,7 +18,6 @@ from e4e_lab.config import TransferConfig
 from e4e_lab.evaluate import (ALL_METHODS, HIGHER_IS_BETTER, METHOD_LABELS, PAINT_BY_EXAMPLE,
                               PAIR_LEVEL_SCORES, MethodResult, best_methods, compare_methods,
                               load_baseline)
-from e4e_lab.explore import model_lock
 
 from . import render
 from .background import BackgroundRun
@@ -99,14 +98,13 @@ class ComparisonGrid(BackgroundRun, LabWidget):
     # ------------------------------------------------------- worker thread --
     def _work(self, methods: tuple[str, ...]) -> None:
         try:
-            with model_lock(self.lab.models):
-                if PAINT_BY_EXAMPLE in methods and self.pbe is None:
-                    self.status.value = status_html("loading Paint-by-Example...")
-                    self.pbe = load_baseline(self.lab)
-                results = compare_methods(
-                    self.lab, self.pair, methods, self.config, progress=self._on_progress,
-                    cancel=self.cancel_event, pbe=self.pbe, inversion_progress=self._on_inversion,
-                    k_parts=self.k_parts, pbe_steps=self.pbe_steps)
+            if PAINT_BY_EXAMPLE in methods and self.pbe is None:
+                self.status.value = status_html("loading Paint-by-Example...")
+                self.pbe = load_baseline(self.lab)
+            results = compare_methods(
+                self.lab, self.pair, methods, self.config, progress=self._on_progress,
+                cancel=self.cancel_event, pbe=self.pbe, inversion_progress=self._on_inversion,
+                k_parts=self.k_parts, pbe_steps=self.pbe_steps)
         except Exception as exc:  # shown in the widget; the thread must not die silently
             self._failed(exc, "comparison")
         else:

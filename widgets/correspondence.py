@@ -24,7 +24,8 @@ import ipywidgets as W
 import torch
 
 from e4e_lab import explore
-from e4e_lab.explore import FeatureLookup, ModelBusy
+from e4e_lab.errors import ModelBusy
+from e4e_lab.explore import FeatureLookup
 
 from . import render
 from .canvas import ImageCanvas, hold_canvas
@@ -149,7 +150,6 @@ class CorrespondenceExplorer(LabWidget):
             self.status.value = status_html(f"computing DIFT features (block {block}, t={t}, "
                                             f"ensemble {ens})...")
             p = self.pair
-            start = time.perf_counter()
             try:
                 self.dift_cache[key] = FeatureLookup.from_dift(
                     self.lab.models, p.structure, p.appearance, p.structure_mask,
@@ -158,7 +158,6 @@ class CorrespondenceExplorer(LabWidget):
             except (ModelBusy, ValueError) as exc:
                 self.status.value = status_html(str(exc), "error")
                 return None
-            self.compute_seconds = time.perf_counter() - start
         if self.source.value != "dift":
             self.source.value = "dift"  # triggers refresh_source
         else:

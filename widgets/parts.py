@@ -18,7 +18,8 @@ import torch
 
 from e4e_lab.config import TransferConfig
 from e4e_lab.errors import ConfigError
-from e4e_lab.explore import ModelBusy, pixel_to_cell
+from e4e_lab.errors import ModelBusy
+from e4e_lab.explore import pixel_to_cell
 from e4e_lab.parts import PairFeatures, PairParts, pair_features, pair_parts
 
 from . import render

@@ -17,7 +17,6 @@ import ipywidgets as W
 
 from e4e_lab.config import CORRESPONDENCE_SOURCES, INJECTION_MODES, TransferConfig
 from e4e_lab.errors import E4ELabError, TransferCancelled
-from e4e_lab.explore import model_lock
 from e4e_lab.images import full_mask
 from e4e_lab.latents import decode, fast_preview
 
@@ -153,10 +152,9 @@ class TransferPanel(BackgroundRun, LabWidget):
     def _work(self, config: TransferConfig, pair, masked: bool) -> None:
         start = time.perf_counter()
         try:
-            with model_lock(self.lab.models):
-                result = self.lab.transfer(pair, config, callback=self._on_step,
-                                           cancel=self.cancel_event,
-                                           inversion_progress=self._on_inversion)
+            result = self.lab.transfer(pair, config, callback=self._on_step,
+                                       cancel=self.cancel_event,
+                                       inversion_progress=self._on_inversion)
         except TransferCancelled as exc:
             self.state, self.cancelled_at = "cancelled", exc.step
             self.status.value = status_html(
