@@ -32,6 +32,8 @@ def _fmt(value: float) -> str:
 
 class ComparisonGrid(BackgroundRun, LabWidget):
     stop_message = "stopping after the current denoising step; finished methods are kept"
+    busy_message = "a comparison is running: Stop it first"
+    what = "comparison"
 
     def __init__(self, lab, pair, config: TransferConfig | None = None, methods=ALL_METHODS,
                  thumb: int = 160, pbe_steps: int = 50, k_parts: int = 4):
@@ -43,16 +45,11 @@ class ComparisonGrid(BackgroundRun, LabWidget):
         self.state = "idle"  # idle | running | done | cancelled | failed
         self.results: list[MethodResult] = []
         self.error: BaseException | None = None
-        self.inverted = False
 
         self.method_boxes = {m: W.Checkbox(value=m in methods, description=METHOD_LABELS[m],
                                            indent=False, layout=W.Layout(width="auto"))
                              for m in ALL_METHODS}
-        self.run_button = W.Button(description="Run", icon="play", button_style="success")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger",
-                                    disabled=True)
-        self.run_button.on_click(lambda _: self.run())
-        self.stop_button.on_click(lambda _: self.stop())
+        self._run_buttons()
         self.progress = W.IntProgress(value=0, min=0, max=1, description="methods",
                                       layout=W.Layout(width="460px"))
         self.status = W.HTML(status_html("ready: choose methods and press Run"))
@@ -83,13 +80,12 @@ class ComparisonGrid(BackgroundRun, LabWidget):
         Returns False (and says why) when a run is going or no method is ticked.
         """
         methods = self.methods()
-        if self.running:
-            self.status.value = status_html("a comparison is running: Stop it first", "warn")
+        if self._refuse_if_running():
             return False
         if not methods:
             self.status.value = status_html("tick at least one method", "warn")
             return False
-        self.state, self.error, self.results, self.inverted = "running", None, [], False
+        self.state, self.error, self.results = "running", None, []
         self.progress.max, self.progress.value = len(methods), 0
         self.grid.children = tuple(self.inputs)
         self.table.value = self.pair_scores.value = ""
@@ -97,32 +93,25 @@ class ComparisonGrid(BackgroundRun, LabWidget):
 
     # ------------------------------------------------------- worker thread --
     def _work(self, methods: tuple[str, ...]) -> None:
-        try:
-            if PAINT_BY_EXAMPLE in methods and self.pbe is None:
-                self.status.value = status_html("loading Paint-by-Example...")
-                self.pbe = load_baseline(self.lab)
-            results = compare_methods(
-                self.lab, self.pair, methods, self.config, progress=self._on_progress,
-                cancel=self.cancel_event, pbe=self.pbe, inversion_progress=self._on_inversion,
-                k_parts=self.k_parts, pbe_steps=self.pbe_steps)
-        except Exception as exc:  # shown in the widget; the thread must not die silently
-            self._failed(exc, "comparison")
+        if PAINT_BY_EXAMPLE in methods and self.pbe is None:
+            self.status.value = status_html("loading Paint-by-Example...")
+            self.pbe = load_baseline(self.lab)
+        results = compare_methods(
+            self.lab, self.pair, methods, self.config, progress=self._on_progress,
+            cancel=self.cancel_event, pbe=self.pbe, inversion_progress=self._on_inversion,
+            k_parts=self.k_parts, pbe_steps=self.pbe_steps)
+        self.results = results
+        self.show_results(results)
+        if len(results) < len(methods):
+            self.state, self.progress.bar_style = "cancelled", "warning"
+            self.status.value = status_html(f"stopped after {len(results)} of {len(methods)} "
+                                            f"methods ({self.cache_note})", "warn")
         else:
-            self.results = results
-            self.show_results(results)
-            cache = "inverted the pair" if self.inverted else "inversion reused from the cache"
-            if len(results) < len(methods):
-                self.state, self.progress.bar_style = "cancelled", "warning"
-                self.status.value = status_html(
-                    f"stopped after {len(results)} of {len(methods)} methods ({cache})", "warn")
-            else:
-                self.state, self.progress.bar_style = "done", "success"
-                total = sum(r.seconds for r in results)
-                self.status.value = status_html(
-                    f"done: {len(results)} methods in {total:.1f} s of method time ({cache}; "
-                    "same seed for every method)", "ok")
-        finally:
-            self._idle()
+            self.state, self.progress.bar_style = "done", "success"
+            total = sum(r.seconds for r in results)
+            self.status.value = status_html(
+                f"done: {len(results)} methods in {total:.1f} s of method time "
+                f"({self.cache_note}; same seed for every method)", "ok")
 
     def _on_inversion(self, done: int, total: int) -> None:
         self.inverted = True

@@ -30,6 +30,8 @@ CONTROLLED = ("injection", "correspondence", "guidance", "skip_steps", "feat_ran
 
 
 class TransferPanel(BackgroundRun, LabWidget):
+    what = "transfer"
+
     def __init__(self, lab, pair, config: TransferConfig | None = None, gallery=None,
                  preview_every: int = 5, preview: str = "fast", display_size: int = 192):
         self.lab, self.pair = lab, pair
@@ -45,7 +47,6 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.total_steps = 0
         self.steps_per_s = 0.0
         self.cancelled_at: int | None = None
-        self.inverted = False  # whether the last run had to invert (cache miss)
         self.preview_steps: list[int] = []
         self.observers: list[Callable] = []  # called with each StepEvent (worker thread)
         self.runs = 0
@@ -77,11 +78,7 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.preview_mode = W.Dropdown(options=[("fast (latent to RGB)", "fast"),
                                                 ("VAE decode", "vae")], value=preview,
                                        description="preview", style=style)
-        self.run_button = W.Button(description="Run", icon="play", button_style="success")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger",
-                                    disabled=True)
-        self.run_button.on_click(lambda _: self.run())
-        self.stop_button.on_click(lambda _: self.stop())
+        self._run_buttons()
         self.progress = W.IntProgress(value=0, min=0, max=max(1, b.denoising_steps),
                                       description="steps", style=style, layout=wide)
         self.status = W.HTML(status_html("ready"))
@@ -131,8 +128,7 @@ class TransferPanel(BackgroundRun, LabWidget):
         Returns False (and says why in the status) if a run is already going or the
         settings are invalid.
         """
-        if self.running:
-            self.status.value = status_html("a run is in progress: Stop it first", "warn")
+        if self._refuse_if_running():
             return False
         try:
             config = self.config()
@@ -141,7 +137,7 @@ class TransferPanel(BackgroundRun, LabWidget):
             self.status.value = status_html(str(exc), "error")
             return False
         self.state, self.error, self.cancelled_at = "inverting", None, None
-        self.steps_done, self.steps_per_s, self.inverted = 0, 0.0, False
+        self.steps_done, self.steps_per_s = 0, 0.0
         self.total_steps = config.denoising_steps
         self.preview_steps = []
         self.progress.max, self.progress.value = max(1, self.total_steps), 0
@@ -161,8 +157,6 @@ class TransferPanel(BackgroundRun, LabWidget):
                 f"stopped before step {exc.step} of {exc.total}; the session is ready for "
                 "another run", "warn")
             self.progress.bar_style = "warning"
-        except Exception as exc:  # shown in the panel; the thread must not die silently
-            self._failed(exc, "transfer")
         else:
             self.result, self.state = result, "done"
             self.runs += 1
@@ -171,11 +165,9 @@ class TransferPanel(BackgroundRun, LabWidget):
             if self.gallery is not None:
                 self.gallery.add(result, pair, masked=masked)
             took = time.perf_counter() - start
-            cache = "inverted the pair" if self.inverted else "inversion reused from the cache"
             self.status.value = status_html(
-                f"done in {took:.1f} s ({self.steps_per_s:.1f} steps/s; {cache})", "ok")
-        finally:
-            self._idle()
+                f"done in {took:.1f} s ({self.steps_per_s:.1f} steps/s; {self.cache_note})",
+                "ok")
 
     def _on_inversion(self, done: int, total: int) -> None:
         self.inverted = True
