@@ -173,8 +173,8 @@ def _transfer(args) -> int:
         run = lab.transfer_multi if objects is not None else lab.transfer
         result = run(pair, config, callback=step, inversion_progress=inv_progress)
     finally:
-        for bar in bars.values():
-            bar.close()
+        for b in bars.values():
+            b.close()
     extra = {"wall_s": round(time.perf_counter() - t0, 2)}
     paths = save_run(args.out, result, pair, overwrite=args.overwrite, extra=extra)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)

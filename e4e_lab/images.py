@@ -10,13 +10,12 @@ tensors of 0/1 at any resolution; :func:`mask_at` resizes them for a layer grid.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 

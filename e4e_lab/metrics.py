@@ -27,8 +27,6 @@ Correspondence quality:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

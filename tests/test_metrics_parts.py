@@ -1,7 +1,5 @@
 """Weights-free metrics, the ViT metric on a tiny random ViT, and part discovery."""
 
-import math
-
 import pytest
 import torch
 

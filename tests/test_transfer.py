@@ -14,7 +14,6 @@ from e4e_lab.adain import masked_adain, masked_stats
 from e4e_lab.attention import RunRecorder, injected_layers
 from e4e_lab.config import TransferConfig
 from e4e_lab.errors import MaskError, TransferCancelled
-from e4e_lab.images import box_mask, full_mask
 from e4e_lab.latents import decode
 from e4e_lab.outputs import save_run
 
