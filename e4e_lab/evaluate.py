@@ -66,14 +66,16 @@ def read_pairs(folder: str | Path) -> tuple[list[PairSpec], dict | None]:
                           '([{"name", "appearance", "structure", "domain"}], see example/)')
     try:
         data = json.loads(spec.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError("pairs-dir", str(spec), f"valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("pairs-dir", str(spec), f"valid UTF-8 JSON ({exc})") from None
     if not isinstance(data, list) or not data:
         raise ConfigError("pairs-dir", str(spec), "a non-empty JSON list of pairs")
     pairs = []
     for n, p in enumerate(data):
-        if not isinstance(p, dict) or not {"appearance", "structure"} <= set(p):
-            raise ConfigError(f"pairs.json[{n}]", p, 'an object with "appearance" and "structure"')
+        if not (isinstance(p, dict) and isinstance(p.get("appearance"), str)
+                and isinstance(p.get("structure"), str)):
+            raise ConfigError(f"pairs.json[{n}]", p,
+                              'an object with "appearance" and "structure" paths')
         pairs.append(PairSpec(str(p.get("name", f"pair{n}")), folder / p["appearance"],
                               folder / p["structure"], str(p.get("domain", "object"))))
     boxes = load_boxes(folder / "boxes.json") if (folder / "boxes.json").is_file() else None
@@ -90,26 +92,34 @@ def scoring_parts(lab, pair, config: TransferConfig, k_parts: int = 4):
     return pair_parts(lab, pair, config, min(k_parts, feats.max_k), features=feats)
 
 
-def score(result, pair, lab, config: TransferConfig, k_parts: int = 4,
+def image_scores(image: torch.Tensor, pair, parts) -> dict[str, float]:
+    """The metrics of one method's (3, H, W) result image."""
+    return {
+        "ssim": metrics.ssim(image, pair.structure.pixels),
+        "edge_ssim": metrics.edge_ssim(image, pair.structure.pixels),
+        "histogram_distance": metrics.histogram_distance(
+            image, pair.appearance.pixels, pair.structure_mask, pair.appearance_mask),
+        "part_colour_distance": metrics.part_colour_distance(
+            image, pair.appearance.pixels, parts.parts, parts.field),
+    }
+
+
+def pair_scores(pair, parts) -> dict[str, float]:
+    """The :data:`PAIR_LEVEL_SCORES`: of the pair's DIFT correspondence, one per pair."""
+    feats = parts.features
+    return {"part_agreement": parts.agreement,
+            "cycle_consistency": metrics.cycle_consistency(
+                feats.target, feats.reference, pair.structure_mask, pair.appearance_mask)}
+
+
+def score(image: torch.Tensor, pair, lab, config: TransferConfig, k_parts: int = 4,
           parts=None) -> dict[str, float]:
-    """The weights-free metrics of one transfer result (see :mod:`e4e_lab.metrics`).
+    """The weights-free metrics of one result image (see :mod:`e4e_lab.metrics`).
 
     ``parts`` (from :func:`scoring_parts`) skips recomputing the pair's DIFT features.
     """
     parts = parts if parts is not None else scoring_parts(lab, pair, config, k_parts)
-    feats = parts.features
-    return {
-        "ssim": metrics.ssim(result.image, pair.structure.pixels),
-        "edge_ssim": metrics.edge_ssim(result.image, pair.structure.pixels),
-        "histogram_distance": metrics.histogram_distance(
-            result.image, pair.appearance.pixels, pair.structure_mask, pair.appearance_mask),
-        "part_colour_distance": metrics.part_colour_distance(
-            result.image, pair.appearance.pixels, parts.parts, parts.field),
-        "part_agreement": parts.agreement,
-        "cycle_consistency": metrics.cycle_consistency(feats.target, feats.reference,
-                                                       pair.structure_mask,
-                                                       pair.appearance_mask),
-    }
+    return {**image_scores(image, pair, parts), **pair_scores(pair, parts)}
 
 
 @dataclass
@@ -170,6 +180,7 @@ def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = No
     if PAINT_BY_EXAMPLE in methods and pbe is None:
         pbe = load_baseline(lab)
     parts = scoring_parts(lab, pair, base, k_parts)
+    per_pair = pair_scores(pair, parts)  # the same for every method: computed once
     done: list[MethodResult] = []
     for n, method in enumerate(methods):
         if cancel is not None and cancel.is_set():
@@ -189,7 +200,7 @@ def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = No
             image = result.image
         seconds = time.perf_counter() - t0
         done.append(MethodResult(method, image, seconds,
-                                 score(_ImageResult(image), pair, lab, cfg, parts=parts),
+                                 {**image_scores(image, pair, parts), **per_pair},
                                  cfg, result))
         if progress is not None:
             progress(n + 1, len(methods), method, done[-1])
@@ -237,13 +248,6 @@ def evaluate(lab, pairs: list[PairSpec], boxes: dict | None, methods=METHODS,
                          "tiny_model": lab.is_tiny, **r.scores})
             images[(spec.name, r.method)] = r.image
     return rows, images
-
-
-@dataclass
-class _ImageResult:
-    """A baseline's output, shaped like a TransferResult for scoring."""
-
-    image: torch.Tensor
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

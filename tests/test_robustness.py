@@ -1046,3 +1046,13 @@ def test_safe_names_never_leave_their_folder():
         name = safe_name(text)
         assert name and name not in (".", "..") and "/" not in name and not name.startswith(".")
     assert safe_name("run 1: v") == "run-1-v" and safe_name("..") == "run"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b'[{"appearance": 3, "structure": "s.png"}]',
+                                     b'[{"appearance": "a.png"}]', b"[]"])
+def test_bad_pairs_json_is_a_config_error(tmp_path, content):
+    from e4e_lab.evaluate import read_pairs
+
+    (tmp_path / "pairs.json").write_bytes(content)
+    with pytest.raises(ConfigError, match="pairs"):
+        read_pairs(tmp_path)

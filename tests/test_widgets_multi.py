@@ -5,7 +5,6 @@ from __future__ import annotations
 import colorsys
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -215,7 +214,7 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
     for r in grid.results[:3]:
         assert r.config == cfg.replace(injection=r.method) and r.seconds > 0
         assert torch.equal(r.image, lab.transfer(pair, r.config).image), r.method
-        assert r.scores == evaluate.score(r.result, pair, lab, r.config)
+        assert r.scores == evaluate.score(r.result.image, pair, lab, r.config)
     pbe = grid.results[3]
     assert torch.equal(pbe.image, paint_by_example(grid.pbe, pair, seed=cfg.seed, steps=4))
     # evaluate() runs the same code path: the same scores
@@ -269,7 +268,7 @@ def test_part_explorer_confusion_counts_the_matches(mlab, cfg):
         assert int(conf[:, i].sum()) == int((ref_part == i).sum())
     assert pe.parts.agreement == pytest.approx(float(conf.diagonal().sum() / conf.sum()))
     # the same parts the metrics use
-    scores = evaluate.score(SimpleNamespace(image=pair.structure.pixels), pair, mlab, cfg)
+    scores = evaluate.score(pair.structure.pixels, pair, mlab, cfg)
     assert pe.parts.agreement == scores["part_agreement"]
     # same colour = same cluster on both images
     colors = render.palette(4)
