@@ -316,7 +316,8 @@ def transfer_with_features(lab, pair, config: TransferConfig,
                           attention_steps=tuple(config.record_attention_steps),
                           feature_layers=tuple(feature_layers),
                           feature_steps=tuple(feature_steps))
-    with rec.attached(lab.models.unet):
+    # hold the model before hooking it: another thread's UNet pass must not be recorded
+    with lab.models.in_use(), rec.attached(lab.models.unet):
         return lab.transfer(pair, config, recorder=rec, **kwargs)
 
 
