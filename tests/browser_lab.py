@@ -39,6 +39,8 @@ LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
 }
 
+KERNEL_CALL_TIMEOUT_S = 120
+
 # text that means a widget view did not render
 WIDGET_FAILURES = ("Error displaying widget", "model not found", "Loading widget...",
                    "Failed to load model class", "Error creating view")
@@ -198,6 +200,8 @@ class LabPage:
 
     def __init__(self, page, server: LabServer, artifacts: Path):
         self.page, self.server, self.artifacts = page, server, artifacts
+        # the longest a single page call may take: kernel code below computes features
+        page.set_default_timeout(KERNEL_CALL_TIMEOUT_S * 1000)
         self.console_errors: list[str] = []
         page.on("console", self._on_console)
         page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
@@ -234,17 +238,16 @@ class LabPage:
         """The outputs of every code cell, as saved in the .ipynb."""
         return self.page.evaluate(_JS_OUTPUTS)
 
-    def kernel(self, code: str, timeout: float = 60) -> str:
+    def kernel(self, code: str) -> str:
         """Run ``code`` in the notebook's kernel; returns what it printed."""
-        self.page.set_default_timeout(timeout * 1000)
         reply = self.page.evaluate(_JS_EXECUTE, code)
         if reply["error"]:
             raise KernelCodeError(f"{reply['error']}\nin:\n{code}")
         return reply["text"]
 
-    def kernel_json(self, expression: str, timeout: float = 60):
+    def kernel_json(self, expression: str):
         """The value of a JSON-able Python expression in the kernel."""
-        text = self.kernel(f"import json as _j; print(_j.dumps({expression}))", timeout)
+        text = self.kernel(f"import json as _j; print(_j.dumps({expression}))")
         return json.loads(text.strip().splitlines()[-1])
 
     def wait_kernel(self, expression: str, timeout: float = 120, every: float = 0.25):
