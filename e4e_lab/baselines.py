@@ -126,7 +126,7 @@ def load_paint_by_example(model: str = PBE_MODEL, device=None, dtype=None,
     except Exception as exc:
         raise ModelUnavailableError(
             f"Paint-by-Example '{model}' could not be loaded ({type(exc).__name__}); download "
-            f"it with `huggingface-cli download {PBE_MODEL}`, or use 'tiny' offline") from None
+            f"it with `hf download {PBE_MODEL}`, or use 'tiny' offline") from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return PaintByExample(pipe, model, device, tiny)

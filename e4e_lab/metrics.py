@@ -104,7 +104,7 @@ def load_vit(model_id: str = "facebook/dino-vitb8", device="cpu", local_files_on
                                         add_pooling_layer=False).to(device).eval()
     except Exception as exc:
         raise ModelUnavailableError(f"ViT '{model_id}' could not be loaded ({type(exc).__name__}); "
-                                    f"download it with `huggingface-cli download {model_id}`") from None
+                                    f"download it with `hf download {model_id}`") from None
 
 
 @torch.no_grad()

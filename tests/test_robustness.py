@@ -533,7 +533,7 @@ def test_hub_id_offline_with_empty_hf_home_fails_quickly(tmp_path, monkeypatch):
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cpu")
     assert time.perf_counter() - t0 < 20
     _assert_names(e, "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                  "huggingface-cli download", "--model tiny")
+                  "hf download", "--model tiny")
 
 
 def test_missing_sam_checkpoint(tmp_path, monkeypatch):

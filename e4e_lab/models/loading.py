@@ -223,7 +223,7 @@ def _load_real(model: str, device, dtype, local_files_only: bool) -> Models:
         raise ModelUnavailableError(
             f"model '{model}' could not be loaded {where} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Download it on a machine with "
-            f"network with `huggingface-cli download {model}` (or point --model at a local "
+            f"network with `hf download {model}` (or point --model at a local "
             "folder), or use --model tiny for the offline test model") from None
     return _finish(pipe, model, device, dtype, is_tiny_folder(source) if local else False)
 
