@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.e4e-installed
 # constraints.txt (a GPU user gets the same pins from PyPI).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test lab bench clean
+.PHONY: venv demo test lab bench gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,25 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_matching.py
 	$(BIN)/python benchmarks/bench_transfer.py --model tiny --reference-style
 	$(BIN)/python benchmarks/bench_explorer_click.py
+
+# Transfer quality in the toy world (benchmarks/QUALITY.md): every method on 50 held-out
+# pairs with the trained toy model; writes quality-output/ (quality.csv, grid.png).
+.PHONY: quality
+quality: $(STAMP)
+	$(BIN)/python benchmarks/quality_toy.py --out quality-output
+
+# Wheels the bare GPU machine lacks, for benchmarks/gpu_check.sh: exactly the pins of
+# benchmarks/gpu_wheels.txt (Python 3.12, manylinux x86_64), one version each in .whl/.
+# pip skips wheels already there; wheels no longer listed are removed.
+GPU_WHEEL_LIST := benchmarks/gpu_wheels.txt
+GPU_PLATFORMS  := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 \
+                    manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(GPU_PLATFORMS) -d .whl -r $(GPU_WHEEL_LIST)
+	$(PYTHON) benchmarks/gpu_check.py --prune-wheels .whl
+	@du -sh .whl
 
 clean:
 	rm -rf demo-output test-artifacts .pytest_cache

@@ -23,6 +23,23 @@ and the reference runs after ours in memory the allocator has already mapped.
 Each measured run follows an untimed 4-step warm-up transfer (``--no-warmup`` skips
 it); the reference runs after ours, on a float32 copy of the model when ours is not
 float32.
+
+``--reference-steps N`` bounds the reference's denoising (its per-pixel loop is slow on
+a GPU too: one host sync per query, about 13,000 queries per matched step at 512 px):
+the reference then denoises N sampled steps that include each kind of step of the
+schedule (plain, structure refresh, matched injection), times each step, and
+extrapolates its denoising time as the sum over the whole schedule of the mean time of
+each step's kind. Such figures are printed with ``EXTRAPOLATED``. Its inversion and
+decoding are always measured whole.
+
+``--compile`` compiles ``models.pipe.unet`` in place (``torch.compile``) before a
+whole-schedule warm-up, then reports how many graphs dynamo compiled during the
+measured run and re-run. The injection processors read the Python step state, so the
+warm-up recompiles as it changes across steps (7 graphs in all with the tiny model on
+a CPU); the processors are installed anew for every run, which on our CPU compiled
+nothing more. Should the measured runs compile anything, their times include
+compilation (or dynamo's eager fallback): they are then flagged ``NOT A COMPILED
+FIGURE`` and no target line is printed.
 The model is ``tiny`` (the offline test model) or ``sd15-random`` (Stable Diffusion
 1.5's layer sizes with random weights): in both cases the images are not meaningful.
 
@@ -49,12 +66,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(ROOT))
 
-from reference_style import reference_transfer  # noqa: E402
+from reference_style import (ReferenceState, reference_attention, reference_denoise,  # noqa: E402
+                             reference_inversion, reference_transfer)
 
 from e4e_lab.cache import TensorCache  # noqa: E402
 from e4e_lab.config import INJECTION_MODES, TransferConfig  # noqa: E402
 from e4e_lab.images import load_boxes  # noqa: E402
 from e4e_lab.inversion import invert  # noqa: E402
+from e4e_lab.latents import decode  # noqa: E402
 from e4e_lab.models.loading import default_device, default_dtype, load_pipeline  # noqa: E402
 from e4e_lab.session import Lab  # noqa: E402
 from e4e_lab.transfer import run_transfer  # noqa: E402
@@ -62,8 +81,11 @@ from e4e_lab.transfer import run_transfer  # noqa: E402
 EXAMPLE = ROOT / "example"
 APPEARANCE, STRUCTURE = "chelsea_cat.png", "horse_silhouette.png"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-#: GPU targets of issue 6 (sd15-random, 512 px, 100 steps / 32 skipped, guidance, fp16).
-GPU_TARGETS = {"transfer_s": 6.0, "rerun_s": 3.0, "peak_gb": 8.0}
+#: GPU targets of issue 14 on one H100 (sd15-random, 512 px, 100 steps / 32 skipped,
+#: guidance, fp16): whole transfer incl. both inversions, cached re-run, peak memory.
+GPU_TARGETS = {"transfer_s": 4.0, "rerun_s": 2.0, "peak_gb": 8.0}
+#: Smallest --reference-steps sample that holds every kind of step (see sample_config).
+MIN_REFERENCE_STEPS = 4
 
 
 # ------------------------------------------------------------------ memory --
@@ -191,12 +213,126 @@ def run_reference(models, pair, config: TransferConfig) -> tuple[dict, PeakMemor
     return t, mem
 
 
+# ------------------------------------------------- sampled reference steps --
+
+def step_kind(config: TransferConfig, i: int) -> str:
+    """What denoising step ``i`` costs the reference: ``match`` (the per-pixel loop in
+    every injected layer), ``refresh`` (structure features, no matching) or ``plain``."""
+    if not config.injects_at(i):
+        return "plain"
+    return "refresh" if config.refreshes_at(i) else "match"
+
+
+def sample_config(config: TransferConfig, steps: int) -> TransferConfig:
+    """``steps`` denoising steps (the schedule's last ones) that hold every kind of step.
+
+    Injection from step 1 on (counted by the config's own step counter), one structure
+    refresh (counter 2), matching on the other injected steps, AdaIN on the second half.
+    The inversion config is unchanged, so the same inversions serve.
+    """
+    sample = config.replace(skip_steps=config.num_steps - steps, feat_range=(1, steps),
+                            refresh_every=2, refresh_until=3, adain_range=(steps // 2, steps))
+    needed = {step_kind(config, i) for i in range(config.denoising_steps)}
+    missing = needed - {step_kind(sample, i) for i in range(steps)}
+    if missing:
+        raise SystemExit(f"error: --reference-steps {steps} samples no {', '.join(sorted(missing))} "
+                         "step: sample more steps")
+    return sample
+
+
+class StepClock:
+    """Synchronised time stamps at the start of every UNet call (a forward pre-hook)."""
+
+    def __init__(self, unet, device: torch.device):
+        self.unet, self.device = unet, device
+        self.stamps: list[float] = []
+        self._handle = None
+
+    def __enter__(self) -> "StepClock":
+        self._handle = self.unet.register_forward_pre_hook(self._stamp)
+        return self
+
+    def _stamp(self, *_) -> None:
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def __exit__(self, *exc) -> bool:
+        self._handle.remove()
+        return False
+
+    def durations(self, end: float) -> list[float]:
+        """Seconds of each step: from its UNet call to the next one (the last to ``end``)."""
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:] + [end])]
+
+
+def run_reference_sampled(models, pair, config: TransferConfig,
+                          steps: int) -> tuple[dict, PeakMemory]:
+    """The reference's transfer with its denoising sampled and extrapolated.
+
+    Inversion and decoding are measured whole; the denoising runs the ``steps`` steps of
+    :func:`sample_config`, and its time over the whole schedule is the sum, over the
+    schedule's steps, of the mean sampled time of each step's kind.
+    """
+    device = models.device
+    sample = sample_config(config, steps)
+    latent_hw = tuple(s // models.vae_scale_factor for s in pair.structure.pixels.shape[-2:])
+    state = ReferenceState(sample, latent_hw, pair.structure_mask.float(),
+                           pair.appearance_mask.float())
+    t: dict = {}
+    with PeakMemory(device) as mem:
+        with reference_attention(models.unet, state):
+            with timed(device, t, "inversion_s"):
+                app_inv, struct_inv = reference_inversion(
+                    models, [pair.appearance, pair.structure], config.inversion)
+            with StepClock(models.unet, device) as clock:
+                finals = reference_denoise(models, app_inv, struct_inv, state)
+                sync(device)
+                durations = clock.durations(time.perf_counter())
+        with timed(device, t, "decode_s"):
+            decode(models, finals).cpu()
+    by_kind: dict[str, list[float]] = {}
+    for i, seconds in enumerate(durations):
+        by_kind.setdefault(step_kind(sample, i), []).append(seconds)
+    mean = {kind: sum(v) / len(v) for kind, v in by_kind.items()}
+    t["denoise_s"] = sum(mean[step_kind(config, i)] for i in range(config.denoising_steps))
+    t["ms_per_step"] = 1000 * t["denoise_s"] / config.denoising_steps
+    t["transfer_s"] = t["inversion_s"] + t["denoise_s"] + t["decode_s"]
+    t["sampled"] = (steps, {kind: 1000 * m for kind, m in sorted(mean.items())})
+    return t, mem
+
+
+# ----------------------------------------------------------------- compile --
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def compile_verdict(new_graphs: int) -> str:
+    """The line that says whether the measured ``--compile`` figures are compiled ones."""
+    if new_graphs == 0:
+        return ("compile: no recompilation during the measured run and re-run: the figures "
+                "above are compiled ones")
+    return (f"compile: NOT A COMPILED FIGURE: dynamo compiled {new_graphs} new graph(s) during "
+            "the measured run and re-run (its guards on the per-run injection processors or "
+            "their step state failed): the times above include compilation or dynamo's "
+            "eager fallback")
+
+
 def report(label: str, t: dict, mem: PeakMemory, steps: int) -> None:
     extra = (f" | cached re-run {t['rerun_s']:.3f} s (cache read {t['cache_read_s']:.3f} s)"
              if "rerun_s" in t else "")
-    print(f"{label}: inversion {t['inversion_s']:.3f} s | denoising {t['denoise_s']:.3f} s "
-          f"({steps} steps, {t['ms_per_step']:.1f} ms/step) | decode {t['decode_s']:.3f} s | "
-          f"whole transfer {t['transfer_s']:.3f} s{extra} | {mem.label}", flush=True)
+    approx = ""
+    if "sampled" in t:
+        n, per_kind = t["sampled"]
+        approx = (" EXTRAPOLATED from " + str(n) + " sampled steps (" + ", ".join(
+            f"{kind} {ms:.1f} ms" for kind, ms in per_kind.items()) + " per step)")
+    print(f"{label}: inversion {t['inversion_s']:.3f} s | denoising {t['denoise_s']:.3f} s"
+          f"{approx} ({steps} steps, {t['ms_per_step']:.1f} ms/step) | decode "
+          f"{t['decode_s']:.3f} s | whole transfer {t['transfer_s']:.3f} s"
+          f"{' EXTRAPOLATED' if approx else ''}{extra} | {mem.label}", flush=True)
 
 
 def ratio_line(name: str, ours: float, ref: float) -> str:
@@ -236,12 +372,80 @@ def parse_args(argv):
                    help="skip the untimed 4-step warm-up transfer before each measured one")
     p.add_argument("--reference-style", action="store_true",
                    help="also run the stages the published code's way and print the ratios")
+    p.add_argument("--reference-steps", type=int, metavar="N",
+                   help="time only N sampled reference denoising steps (each kind of step "
+                   f"included; at least {MIN_REFERENCE_STEPS}) and extrapolate its denoising "
+                   "time (printed as EXTRAPOLATED)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet in place before a whole-schedule warm-up and "
+                   "say whether the measured runs recompiled")
     args = p.parse_args(argv)
     args.device = torch.device(args.device) if args.device else default_device()
     args.dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
     if args.reference_style and args.injection == "cross-image":
         p.error("--reference-style: the published code has no cross-image mode")
+    if args.reference_steps is not None and not args.reference_style:
+        p.error("--reference-steps needs --reference-style")
+    if args.reference_steps is not None and args.reference_steps < MIN_REFERENCE_STEPS:
+        p.error(f"--reference-steps: at least {MIN_REFERENCE_STEPS} (one step of each kind)")
+    if args.compile and args.reference_style:
+        p.error("--compile measures ours only: leave out --reference-style")
+    if args.compile and not args.warmup:
+        p.error("--compile needs the warm-up (it compiles the graphs)")
     return args
+
+
+def freeu_label(value) -> str:
+    """FreeU as printed: ``on`` / ``off`` for a bool, else the mode's name."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def measure_ours(args, models, pair, config: TransferConfig) -> tuple[dict, PeakMemory]:
+    """Warm-up, then the measured run and re-run of ours (compiled with ``--compile``)."""
+    steps = config.denoising_steps
+    if args.compile:  # the warm-up is the whole schedule: it compiles every graph
+        models.pipe.unet.compile()
+        warm = config
+    else:
+        warm = bench_config(4, 1, args.injection, args.guidance, not args.no_freeu)
+    with tempfile.TemporaryDirectory(prefix="e4e-bench-") as tmp:
+        if args.warmup:
+            t0 = time.perf_counter()
+            run_ours(models, pair, warm, Path(tmp) / "warm-up")
+            if args.compile:
+                print(f"compile: warm-up run (compiling) {time.perf_counter() - t0:.1f} s, "
+                      f"{compiled_graphs()} graph(s) compiled", flush=True)
+        before = compiled_graphs() if args.compile else 0
+        ours, mem = run_ours(models, pair, config, Path(tmp) / "measured")
+    report("ours (compiled)" if args.compile else "ours", ours, mem, steps)
+    new_graphs = compiled_graphs() - before if args.compile else 0
+    if args.compile:
+        print(compile_verdict(new_graphs), flush=True)
+    if new_graphs == 0:
+        check_targets(args, ours, mem)
+    return ours, mem
+
+
+def measure_reference(args, models, pair, config: TransferConfig, ours: dict,
+                      ours_mem: PeakMemory) -> None:
+    """The reference's way on ``models`` (float32), then the ratios ours/reference."""
+    device = models.device
+    if args.warmup:
+        run_reference(models, pair, bench_config(4, 1, args.injection, args.guidance,
+                                                 not args.no_freeu))
+    if args.reference_steps is not None and args.reference_steps < config.denoising_steps:
+        ref, ref_mem = run_reference_sampled(models, pair, config, args.reference_steps)
+    else:
+        ref, ref_mem = run_reference(models, pair, config)
+    report("reference", ref, ref_mem, config.denoising_steps)
+    print("ratio ours/reference: " + ", ".join([
+        ratio_line("whole transfer", ours["transfer_s"], ref["transfer_s"]),
+        ratio_line("per denoising step", ours["ms_per_step"], ref["ms_per_step"]),
+        ratio_line("inversion", ours["inversion_s"], ref["inversion_s"]),
+    ]) + (f", peak memory {ours_mem.peak_bytes / max(ref_mem.peak_bytes, 1):.3f}"
+          if device.type == "cuda" else
+          " (memory not compared on a CPU: the RSS is the whole process's)")
+        + (" (reference denoising EXTRAPOLATED)" if "sampled" in ref else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,33 +468,17 @@ def main(argv: list[str] | None = None) -> int:
           f"dtype {str(args.dtype).replace('torch.', '')} | size {args.size} (latent {lh}x{lh}) | "
           f"{config.num_steps} steps, {config.skip_steps} skipped, {config.denoising_steps} "
           f"denoising | injection {config.injection} | guidance {config.guidance} | "
-          f"FreeU {'on' if config.freeu else 'off'}", flush=True)
-
-    warm = bench_config(4, 1, args.injection, args.guidance, not args.no_freeu) if args.warmup else None
-    with tempfile.TemporaryDirectory(prefix="e4e-bench-") as tmp:
-        if warm is not None:
-            run_ours(models, pair, warm, Path(tmp) / "warm-up")
-        ours, ours_mem = run_ours(models, pair, config, Path(tmp) / "measured")
-    report("ours", ours, ours_mem, config.denoising_steps)
-    check_targets(args, ours, ours_mem)
+          f"FreeU {freeu_label(config.freeu)}{' | torch.compile' if args.compile else ''}",
+          flush=True)
+    ours, ours_mem = measure_ours(args, models, pair, config)
     if args.reference_style:
         if args.dtype != torch.float32:  # the reference runs in fp32: a float32 copy
-            del models
+            del models, pair
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             models = load_models(args.model, device, torch.float32, args.seed)
             pair = load_pair(models, args.size)
-        if warm is not None:
-            run_reference(models, pair, warm)
-        ref, ref_mem = run_reference(models, pair, config)
-        report("reference", ref, ref_mem, config.denoising_steps)
-        print("ratio ours/reference: " + ", ".join([
-            ratio_line("whole transfer", ours["transfer_s"], ref["transfer_s"]),
-            ratio_line("per denoising step", ours["ms_per_step"], ref["ms_per_step"]),
-            ratio_line("inversion", ours["inversion_s"], ref["inversion_s"]),
-        ]) + (f", peak memory {ours_mem.peak_bytes / max(ref_mem.peak_bytes, 1):.3f}"
-              if device.type == "cuda" else
-              " (memory not compared on a CPU: the RSS is the whole process's)"))
+        measure_reference(args, models, pair, config, ours, ours_mem)
     print(f"max RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
     return 0
 
