@@ -60,6 +60,9 @@ TINY_NOTE = "TINY RANDOM-WEIGHT MODEL: images and scores are not meaningful"
 LABELS = {"feature": "Eye-for-an-eye (feature)", "v": "Eye-for-an-eye (V)",
           "kv": "Eye-for-an-eye (KV)", "cross-image": "Cross-Image Attention",
           "none": "no injection (AdaIN only)", "paint-by-example": "Paint-by-Example"}
+#: Column titles of grid.png (at most about 20 characters fit a 128 px cell).
+GRID_LABELS = {"feature": "e4e feature", "v": "e4e V", "kv": "e4e KV",
+               "cross-image": "Cross-Image Attn", "none": "none (AdaIN only)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -238,11 +241,13 @@ def write_grid(path: Path, report: quality.ToyQuality, cell: int = 128) -> None:
         draw.rectangle([0, 0, grid.width, banner_h], fill=(200, 0, 0))
         draw.text((4, 4), TINY_NOTE, fill="white")
     for j, key in enumerate(keys):
-        draw.text((label_w + j * cell + 4, banner_h + 8), LABELS.get(key, key)[:22], fill="black")
+        draw.text((label_w + j * cell + 4, banner_h + 8), GRID_LABELS.get(key, key)[:20],
+                  fill="black")
     species = {p.pair: p.species for p in report.pairs}
     for i, pair in enumerate(shown):
         y = banner_h + head_h + i * cell
-        draw.text((4, y + cell // 2 - 6), f"pair {pair} ({species.get(pair, '')})", fill="black")
+        kind = f" ({species[pair]})" if pair in species else ""
+        draw.text((4, y + cell // 2 - 6), f"pair {pair}{kind}", fill="black")
         for j, key in enumerate(keys):
             img = report.images.get((pair, key))
             if img is not None:
