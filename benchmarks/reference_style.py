@@ -31,11 +31,12 @@ from diffusers.models.attention_processor import AttnProcessor
 from e4e_lab import schedule
 from e4e_lab.adain import masked_adain
 from e4e_lab.attention import injected_layers
-from e4e_lab.config import FreeUConfig, TransferConfig
+from e4e_lab.config import TransferConfig
 from e4e_lab.images import mask_at
 from e4e_lab.inversion import InversionResult, invert_uncached, text_embeddings
 from e4e_lab.latents import decode
-from e4e_lab.models.loading import Models, freeu
+from e4e_lab.models.freeu import freeu
+from e4e_lab.models.loading import Models
 
 
 # ---------------------------------------------------------------- matching --
@@ -214,7 +215,7 @@ def reference_denoise(models: Models, appearance: InversionResult, structure: In
     lat_a = mask_at(state.ref_mask, state.latent_hw).to(device)
     state.active = True
     try:
-        with freeu(unet, FreeUConfig() if cfg.freeu else None):
+        with freeu(unet, cfg.freeu):
             for i in range(cfg.denoising_steps):
                 k, state.step = k0 + i, i
                 pred = unet(torch.cat([x, x]).to(models.dtype), timesteps[k].to(device),

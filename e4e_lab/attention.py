@@ -36,7 +36,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .config import TransferConfig
 from .correspondence import CorrespondenceField, nearest_neighbors
-from .images import mask_at
+from .images import matching_mask
 
 _ATTN1 = re.compile(r"^up_blocks\.(\d+)\.attentions\.\d+\.transformer_blocks\.\d+\.attn1\.processor$")
 # Queries per chunk when attention weights are built explicitly (bounds memory).
@@ -218,11 +218,14 @@ class InjectionState:
         return h // f, w // f
 
     def masks(self, grid: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per pair, the flattened (target, reference) masks on ``grid``."""
+        """Per pair, the flattened 0/1 (target, reference) matching masks on ``grid``
+        (resized by ``config.mask_resize``)."""
         if grid not in self._masks:
-            self._masks[grid] = [(mask_at(p.target_mask, grid).flatten().to(self.device),
-                                  mask_at(p.ref_mask, grid).flatten().to(self.device))
-                                 for p in self.pairs]
+            mode = self.config.mask_resize
+            self._masks[grid] = [
+                (matching_mask(p.target_mask, grid, mode).flatten().to(self.device),
+                 matching_mask(p.ref_mask, grid, mode).flatten().to(self.device))
+                for p in self.pairs]
         return self._masks[grid]
 
     def precompute(self, grids) -> None:

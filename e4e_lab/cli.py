@@ -11,7 +11,8 @@ import logging
 import sys
 import time
 
-from .config import FIT_MODES, INJECTION_MODES, TransferConfig
+from .config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
+                     RESAMPLE_MODES, SCHEDULES, TransferConfig)
 from .errors import ConfigError, E4ELabError, TransferCancelled
 
 log = logging.getLogger("e4e_lab")
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model resolution (default: the model's, 512 for SD 1.5)")
     io_.add_argument("--fit", choices=FIT_MODES, default="stretch",
                      help="how non-square images reach the model size (default stretch)")
+    io_.add_argument("--resample", choices=RESAMPLE_MODES, default="bicubic",
+                     help="resizing filter (default bicubic, as the published code)")
     m = t.add_argument_group("model")
     m.add_argument("--model", default="auto",
                    help="auto (SD 1.5 if available, else tiny), tiny, a hub id or a folder")
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default float16 on CUDA, float32 on CPU")
     m.add_argument("--cache-dir", metavar="DIR", help="models and inversion cache folder")
     m.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    m.add_argument("--freeu", choices=FREEU_MODES[:2], default=d.freeu,
+                   help="FreeU placement: reference (every decoder-block input, as published; "
+                   "default) or diffusers (its enable_freeu)")
     m.add_argument("--no-freeu", action="store_true", help="turn FreeU off")
     meth = t.add_argument_group("method")
     meth.add_argument("--domain", default=d.domain, metavar="WORD",
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     meth.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"))
     meth.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"))
     meth.add_argument("--no-adain", action="store_true", help="turn masked AdaIN off")
+    meth.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                      help="published: the published code's effective steps (its counter lags "
+                      "one UNet call; default); exact: the ranges read literally")
+    meth.add_argument("--mask-resize", choices=MASK_RESIZE_MODES, default=d.mask_resize,
+                      help="masks on layer grids: reference (bilinear, as published; default) "
+                      "or area (area average >= 0.5)")
     meth.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -119,7 +131,8 @@ def _config(args) -> TransferConfig:
         inversion_cfg=args.inversion_cfg, domain=args.domain, seed=args.seed,
         injection=args.injection, correspondence=args.correspondence,
         feat_range=tuple(args.feat_range), adain_range=tuple(args.adain_range),
-        adain=not args.no_adain, freeu=not args.no_freeu,
+        adain=not args.no_adain, freeu="off" if args.no_freeu else args.freeu,
+        schedule=args.schedule, mask_resize=args.mask_resize,
     )
 
 
@@ -150,11 +163,11 @@ def _transfer(args) -> int:
               use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
     if objects is not None:
         pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
-                              fit=args.fit, boxes_size=boxes_size)
+                              fit=args.fit, boxes_size=boxes_size, resample=args.resample)
     else:
         pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
                         structure_box=args.structure_box, boxes=boxes, mask=args.mask,
-                        size=args.size, fit=args.fit)
+                        size=args.size, fit=args.fit, resample=args.resample)
     bars: dict[str, tqdm] = {}
 
     def bar(name, total, **kw):

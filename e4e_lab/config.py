@@ -25,6 +25,19 @@ from .errors import ConfigError
 INJECTION_MODES = ("feature", "v", "kv", "cross-image", "none")
 CORRESPONDENCE_SOURCES = ("match", "dift")
 FIT_MODES = ("stretch", "center-crop", "pad")
+#: Resampling filters for fitting images to the model size (bicubic: the published code's).
+RESAMPLE_MODES = ("bicubic", "lanczos")
+#: "reference": FreeU where the published code applies it (every decoder-block input);
+#: "diffusers": diffusers' ``enable_freeu`` (up-blocks 0-1, filtering the skips); "off".
+FREEU_MODES = ("reference", "diffusers", "off")
+#: How masks reach a layer grid. "reference": bilinear (no antialias) as published, a cell
+#: counts for matching when its value is > 0, AdaIN takes statistics on cells equal to 1
+#: and blends with the soft values; "area": area average thresholded at 0.5 everywhere.
+MASK_RESIZE_MODES = ("reference", "area")
+#: "published": the step counter of the published code, which lags one UNet call (its
+#: injection tests see step i - 1) and widens the AdaIN range by one at each end;
+#: "exact": the ranges read literally at each denoising step.
+SCHEDULES = ("published", "exact")
 #: Largest scheduler step count (and bound of the step thresholds).
 MAX_STEPS = 1000
 
@@ -33,7 +46,8 @@ Injection = Literal["feature", "v", "kv", "cross-image", "none"]
 
 @dataclass(frozen=True)
 class FreeUConfig:
-    """diffusers' FreeU factors (``UNet2DConditionModel.enable_freeu``)."""
+    """FreeU's factors: backbone scales ``b1``/``b2`` and low-frequency scales ``s1``/``s2``
+    (the published code's values for SD 1.5; see :mod:`e4e_lab.models.freeu`)."""
 
     s1: float = 0.9
     s2: float = 0.2
@@ -50,13 +64,14 @@ class InversionConfig:
     prompt_template: str = "A photo of a {domain}"
     domain: str = "object"
     seed: int = 0
-    freeu: bool = True
+    freeu: str = "reference"
 
     def __post_init__(self):
+        object.__setattr__(self, "freeu", _freeu_mode(self.freeu))
         _check_int("num_steps", self.num_steps, 1, MAX_STEPS)
         _check_float("cfg_scale", self.cfg_scale, 0.0, 100.0)
         _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_bool("freeu", self.freeu)
+        _check_choice("freeu", self.freeu, FREEU_MODES)
         if not isinstance(self.domain, str) or not self.domain.strip():
             raise ConfigError("domain", self.domain, "a non-empty word such as 'bird'")
         if not isinstance(self.prompt_template, str) or "{domain}" not in self.prompt_template:
@@ -86,7 +101,7 @@ class TransferConfig:
     prompt_template: str = "A photo of a {domain}"
     domain: str = "object"
     seed: int = 0
-    freeu: bool = True
+    freeu: str = "reference"
     # denoising
     skip_steps: int = 32
     guidance: float = 2.5
@@ -97,6 +112,8 @@ class TransferConfig:
     adain_range: tuple[int, int] = (50, 100)
     refresh_every: int = 5
     refresh_until: int = 40
+    schedule: str = "published"
+    mask_resize: str = "reference"
     # Cross-Image Attention baseline (injection="cross-image")
     cross_image_contrast: float = 1.67
     cross_image_guidance: tuple[float, float] = (3.5, 1.75)
@@ -117,6 +134,7 @@ class TransferConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "freeu", _freeu_mode(self.freeu))
         # named as here, not as InversionConfig's cfg_scale, in the error message
         _check_float("inversion_cfg", self.inversion_cfg, 0.0, 100.0)
         self.inversion  # validates the inversion fields
@@ -126,11 +144,10 @@ class TransferConfig:
         _check_float("guidance", self.guidance, 0.0, 100.0)
         for name in ("adain", "record_matches"):
             _check_bool(name, getattr(self, name))
-        if self.injection not in INJECTION_MODES:
-            raise ConfigError("injection", self.injection, f"one of {', '.join(INJECTION_MODES)}")
-        if self.correspondence not in CORRESPONDENCE_SOURCES:
-            raise ConfigError("correspondence", self.correspondence,
-                              f"one of {', '.join(CORRESPONDENCE_SOURCES)}")
+        _check_choice("injection", self.injection, INJECTION_MODES)
+        _check_choice("correspondence", self.correspondence, CORRESPONDENCE_SOURCES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("mask_resize", self.mask_resize, MASK_RESIZE_MODES)
         for name in ("feat_range", "adain_range"):
             _check_range(name, getattr(self, name), self.num_steps)
         _check_int("refresh_every", self.refresh_every, 0, MAX_STEPS,
@@ -171,23 +188,49 @@ class TransferConfig:
     def denoising_steps(self) -> int:
         return self.num_steps - self.skip_steps
 
+    def counter(self, i: int) -> int:
+        """The step number that the range tests of UNet call ``i`` compare against.
+
+        The published code sets its counter in the callback *after* each step, so the
+        UNet call of denoising step ``i`` sees ``i - 1`` (and step 0 sees 0). With
+        ``schedule="exact"`` the counter is ``i`` itself.
+        """
+        return max(i - 1, 0) if self.schedule == "published" else i
+
     def injects_at(self, i: int) -> bool:
         """Whether denoising step ``i`` rearranges features (or attends across images)."""
         if self.injection == "none":
             return False
-        return self.feat_range[0] <= i < self.feat_range[1]
+        return self.feat_range[0] <= self.counter(i) < self.feat_range[1]
 
     def refreshes_at(self, i: int) -> bool:
         """Whether step ``i`` takes the structure's features instead of matched ones."""
-        return (self.injects_at(i) and self.refresh_every > 0 and i % self.refresh_every == 0
-                and i < self.refresh_until)
+        c = self.counter(i)
+        return (self.injects_at(i) and self.refresh_every > 0 and c % self.refresh_every == 0
+                and c < self.refresh_until)
 
     def adain_at(self, i: int) -> bool:
+        """Whether masked AdaIN follows the DDPM step of denoising step ``i``.
+
+        The published callback runs after step ``i`` with ``i`` itself and tests
+        ``start - 1 <= i < end + 1``: one step wider than the range at each end.
+        """
         if not self.adain:
             return False
         if self.injection == "cross-image":
             return i >= self.cross_image_adain_start
-        return self.adain_range[0] <= i < self.adain_range[1]
+        start, end = self.adain_range
+        if self.schedule == "published":
+            start, end = start - 1, end + 1
+        return start <= i < end
+
+    def steps(self) -> dict[str, list[int]]:
+        """The denoising steps of each kind of work: ``match`` (matched injection),
+        ``refresh`` (structure features) and ``adain``."""
+        idx = range(self.denoising_steps)
+        return {"match": [i for i in idx if self.injects_at(i) and not self.refreshes_at(i)],
+                "refresh": [i for i in idx if self.refreshes_at(i)],
+                "adain": [i for i in idx if self.adain_at(i)]}
 
     def guidance_at(self, i: int) -> float:
         """Guidance scale at step ``i`` (linear decay for the Cross-Image baseline)."""
@@ -226,6 +269,18 @@ def _is_int(value) -> bool:
 def _check_int(name, value, lo, hi, hint: str = ""):
     if not _is_int(value) or not lo <= value <= hi:
         raise ConfigError(name, value, hint or f"an integer in [{lo}, {hi}]")
+
+
+def _freeu_mode(value):
+    """``True`` / ``False`` (older configs) stand for the default FreeU and for off."""
+    if isinstance(value, bool):
+        return "reference" if value else "off"
+    return value
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(name, value, f"one of {', '.join(choices)}")
 
 
 def _check_bool(name, value):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .attention import BatchLayout, RunRecorder, injected_layers, layer_level
 from .config import TransferConfig
 from .correspondence import CorrespondenceField, nearest_neighbors, normalize_rows
-from .images import Box, LoadedImage, box_mask, full_mask, mask_at
+from .images import Box, LoadedImage, adain_masks, box_mask, full_mask, mask_at, matching_mask
 
 Grid = tuple[int, int]  # (rows, cols)
 
@@ -91,16 +91,19 @@ def injected_grids(models, image_size: tuple[int, int]) -> list[LayerGrid]:
             for g, names in sorted(groups.items(), key=lambda kv: -kv[0][0] * kv[0][1])]
 
 
-def layer_masks(models, mask: torch.Tensor) -> list[tuple[str, Grid, torch.Tensor]]:
-    """What matching and AdaIN see of an (H, W) mask: ``(label, grid, mask)`` at the
-    latent resolution (masked AdaIN) and at each injected-layer resolution (matching)."""
+def layer_masks(models, mask: torch.Tensor, mode: str = "reference"
+                ) -> list[tuple[str, Grid, torch.Tensor]]:
+    """What matching and AdaIN see of an (H, W) mask with ``mask_resize`` = ``mode``:
+    ``(label, grid, mask)`` at the latent resolution (masked AdaIN's blending weights;
+    its statistics use the cells equal to 1) and at each injected-layer resolution
+    (the cells that take part in matching)."""
     size = (mask.shape[1], mask.shape[0])
     lat = latent_grid(models, size)
-    out = [(f"latent {lat[0]}x{lat[1]} (AdaIN)", lat, mask_at(mask, lat))]
+    out = [(f"latent {lat[0]}x{lat[1]} (AdaIN)", lat, adain_masks(mask, lat, mode)[1])]
     for lg in injected_grids(models, size):
         n = len(lg.layers)
         out.append((f"{lg.label} ({n} layer{'s' if n != 1 else ''}, matching)", lg.grid,
-                    mask_at(mask, lg.grid)))
+                    matching_mask(mask, lg.grid, mode)))
     return out
 
 
@@ -449,13 +452,14 @@ class AdainDemo:
 
 
 def adain_demo(x: torch.Tensor, ref: torch.Tensor, x_mask: torch.Tensor,
-               ref_mask: torch.Tensor) -> AdainDemo:
-    """Apply masked AdaIN (stage 4f) to a (4, h, w) latent; masks at any resolution."""
+               ref_mask: torch.Tensor, mode: str = "reference") -> AdainDemo:
+    """Apply masked AdaIN (stage 4f) to a (4, h, w) latent; masks at any resolution,
+    brought to the latent grid as ``mask_resize`` = ``mode`` does in a transfer."""
     from .adain import masked_adain, masked_stats
 
-    grid = tuple(x.shape[-2:])
-    xm, rm = mask_at(x_mask, grid), mask_at(ref_mask, tuple(ref.shape[-2:]))
-    after = masked_adain(x, ref, xm, rm)
+    xm, blend = adain_masks(x_mask, tuple(x.shape[-2:]), mode)
+    rm, _ = adain_masks(ref_mask, tuple(ref.shape[-2:]), mode)
+    after = masked_adain(x, ref, xm, rm, blend=blend)
     stats = {"before (target mask)": masked_stats(x, xm),
              "reference (reference mask)": masked_stats(ref, rm),
              "after (target mask)": masked_stats(after, xm)}

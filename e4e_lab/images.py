@@ -3,8 +3,11 @@
 Images are loaded as RGB (EXIF orientation applied, transparency composited on a
 stated background, 16-bit and CMYK and palette images converted), then fitted to
 the model resolution: ``stretch`` (the reference's behaviour), ``center-crop`` or
-``pad``. Boxes are ``[x0, y0, x1, y1]`` in model-resolution pixels. Masks are float
-tensors of 0/1 at any resolution; :func:`mask_at` resizes them for a layer grid.
+``pad``, with a bicubic filter (the published code's, Pillow's default) or Lanczos.
+Boxes are ``[x0, y0, x1, y1]`` in model-resolution pixels. Masks are float tensors of
+0/1 at any resolution; :func:`matching_mask` and :func:`adain_masks` bring them to a
+layer or latent grid the way the published code does (or by area averaging), and
+:func:`mask_at` is the area rule used for display and analysis.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import FIT_MODES
+from .config import FIT_MODES, MASK_RESIZE_MODES, RESAMPLE_MODES
 from .errors import BoxError, ImageError, MaskError
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class LoadedImage:
     original_size: tuple[int, int]  # (width, height) before fitting, EXIF orientation applied
     fit: str
     source: str | None = None
+    resample: str = "bicubic"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -161,18 +165,29 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROU
     return img.convert("RGB")
 
 
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
 def fit_image(img: Image.Image, size: int | tuple[int, int], fit: str = "stretch",
-              background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> Image.Image:
-    """Fit an RGB image to ``size`` (an int for square, or (width, height))."""
+              background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+              resample: str = "bicubic") -> Image.Image:
+    """Fit an RGB image to ``size`` (an int for square, or (width, height)).
+
+    ``resample`` is the filter: ``bicubic`` (the published code resizes with Pillow's
+    default, bicubic) or ``lanczos``.
+    """
     if fit not in FIT_MODES:
         raise ImageError(f"fit mode '{fit}' is unknown: use one of {', '.join(FIT_MODES)}")
+    if resample not in RESAMPLE_MODES:
+        raise ImageError(f"resample filter '{resample}' is unknown: use one of "
+                         f"{', '.join(RESAMPLE_MODES)}")
     wh = (size, size) if isinstance(size, (int, np.integer)) else size
     if not (isinstance(wh, (tuple, list)) and len(wh) == 2 and all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in wh)):
         raise ImageError(f"target size {size!r} must be a positive integer or (width, height)")
     tw, th = int(wh[0]), int(wh[1])
     w, h = img.size
-    resample = Image.Resampling.LANCZOS
+    resample = _FILTERS[resample]
     if fit == "stretch":
         return img.resize((tw, th), resample)
     if fit == "center-crop":
@@ -189,7 +204,8 @@ def fit_image(img: Image.Image, size: int | tuple[int, int], fit: str = "stretch
 
 def load_image(source: ImageLike, size: int | tuple[int, int] = 512, fit: str = "stretch",
                name: str | None = None,
-               background: tuple[int, int, int] = DEFAULT_BACKGROUND) -> LoadedImage:
+               background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+               resample: str = "bicubic") -> LoadedImage:
     """Load a file path, PIL image, (H, W[, C]) uint8 array or (3, H, W) tensor in [0, 1]."""
     src = None
     if isinstance(source, (str, os.PathLike)):
@@ -212,10 +228,10 @@ def load_image(source: ImageLike, size: int | tuple[int, int] = 512, fit: str = 
     name = name or "image"
     upright = to_rgb(img, background)
     original = upright.size  # after EXIF orientation: the size the user sees
-    rgb = fit_image(upright, size, fit, background)
+    rgb = fit_image(upright, size, fit, background, resample)
     pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
     return LoadedImage(name=name, pixels=pixels.float() / 255.0, original_size=original,
-                       fit=fit, source=src)
+                       fit=fit, source=src, resample=resample)
 
 
 def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
@@ -456,6 +472,51 @@ def mask_at(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     if out.sum() == 0 and m.sum() > 0:
         out = (area > 0).float()
     return out
+
+
+def mask_weights(mask: torch.Tensor, shape: tuple[int, int],
+                 mode: str = "reference") -> torch.Tensor:
+    """An (H, W) 0/1 mask on a grid ``shape`` = (h, w), as soft weights in [0, 1].
+
+    ``reference``: bilinear resizing without antialiasing (``align_corners=False``), as
+    the published code resizes its SAM masks for matching and AdaIN; ``area``: the
+    binary :func:`mask_at`.
+    """
+    if mode not in MASK_RESIZE_MODES:
+        raise ValueError(f"mask resize mode {mode!r} is unknown: use one of "
+                         f"{', '.join(MASK_RESIZE_MODES)}")
+    if mode == "area":
+        return mask_at(mask, shape)
+    m = mask.float()
+    if tuple(m.shape) == tuple(shape):
+        return m
+    return F.interpolate(m[None, None], size=tuple(shape), mode="bilinear",
+                         align_corners=False, antialias=False)[0, 0]
+
+
+def matching_mask(mask: torch.Tensor, shape: tuple[int, int],
+                  mode: str = "reference") -> torch.Tensor:
+    """The 0/1 cells of ``shape`` that take part in matching.
+
+    ``reference``: every cell with a positive bilinear weight (the published code
+    multiplies features by the resized mask and matches every non-zero vector).
+    """
+    return (mask_weights(mask, shape, mode) > 0).float()
+
+
+def adain_masks(mask: torch.Tensor, shape: tuple[int, int],
+                mode: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+    """(statistics mask, blending weights) of a mask on the latent grid ``shape``.
+
+    ``reference``: statistics over the cells whose bilinear weight is 1 (the published
+    code tests ``== 1``; we allow 1e-6 of rounding so that interpolation weights at
+    non-integer scale ratios cannot drop interior cells) and blending with the soft
+    weights, so object edges are blended partially. ``area``: both the binary mask.
+    """
+    weights = mask_weights(mask, shape, mode)
+    if mode == "area":
+        return weights, weights
+    return (weights >= 1 - 1e-6).float(), weights
 
 
 def require_nonempty(mask: torch.Tensor, name: str) -> None:

@@ -1,8 +1,9 @@
 """Stage 2: edit-friendly DDPM inversion (Huberman-Spiegelglas et al., eta = 1).
 
 1. Encode the image: ``x_0`` = VAE mode x scaling factor.
-2. Draw every ``x_t`` independently from ``q(x_t | x_0)`` (seeded, on the CPU so the
-   draw is the same on every device).
+2. Draw every ``x_t`` independently from ``q(x_t | x_0)``, each image from its own
+   stream seeded by (run seed, image digest) (:mod:`e4e_lab.seeding`): the two images
+   of a pair get independent noise, as in the published code.
 3. Predict the noise at every ``x_t`` with classifier-free guidance. Each prediction
    only needs its own ``x_t``, so all timesteps (and several images, and both CFG
    halves) run in large batches instead of 2 x steps sequential UNet calls.
@@ -15,8 +16,8 @@ the last step (it zeroes it, so its reconstructions end at the posterior mean an
 at ``x_0``).
 
 Results are cached on disk keyed by the fitted image's pixels, the model, the step
-count, the prompt, the CFG scale, the seed, FreeU and the dtype (the published code
-keyed by file stem inside a per-pair folder and reused stale latents).
+count, the prompt, the CFG scale, the seed, the FreeU mode and the dtype (the published
+code keyed by file stem inside a per-pair folder and reused stale latents).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ import torch
 
 from . import schedule
 from .cache import TensorCache, key_of
-from .config import FreeUConfig, InversionConfig
+from .config import InversionConfig
 from .errors import DeviceOutOfMemoryError
 from .images import LoadedImage
 from .latents import encode
-from .models.loading import Models, freeu
+from .models.freeu import freeu
+from .models.loading import Models
+from .seeding import image_generator
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class InversionResult:
 
 def cache_spec(models: Models, image: LoadedImage, config: InversionConfig) -> dict:
     return {
-        "stage": "ddpm-inversion-v1", "image_sha256": image.digest,
+        "stage": "ddpm-inversion-v2", "image_sha256": image.digest,
         "image_size": list(image.size), "model": models.model_id,
         "model_fingerprint": models.fingerprint, "steps": config.num_steps,
         "prompt": config.prompt, "cfg": config.cfg_scale, "seed": config.seed,
@@ -119,21 +122,20 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
     coef = schedule.coefficients(models.scheduler, timesteps, eta=1.0, device=device)
     n_img, n_t = len(images), len(timesteps)
     x0 = encode(models, list(images))  # (B, 4, h, w) float32
-    # Each image draws its own noise from the seed, so an image's trajectory (and cache
-    # entry) does not depend on which other images were inverted in the same batch.
+    # Each image draws from its own stream (run seed + content digest): independent noise
+    # across images, and a draw that does not depend on what else is inverted with it.
     noise = torch.stack([
         torch.randn((n_t,) + tuple(x0.shape[1:]),
-                    generator=torch.Generator("cpu").manual_seed(config.seed))
-        for _ in range(n_img)]).to(device)
+                    generator=image_generator(config.seed, im.digest, "inversion"))
+        for im in images]).to(device)
     xts = coef.alpha_t.sqrt() * x0[:, None] + (1 - coef.alpha_t).sqrt() * noise  # (B, T, ...)
     cond, uncond = text_embeddings(models, config.prompt)
 
     flat_x = xts.reshape((-1,) + tuple(x0.shape[1:]))
     flat_t = timesteps.to(device).repeat(n_img)
-    fu = FreeUConfig() if config.freeu else None
     eps_chunks, done = [], 0
     chunk = max(1, batch_size // 2) * 4
-    with freeu(models.unet, fu):
+    with freeu(models.unet, config.freeu):
         for start in range(0, len(flat_x), chunk):
             eps_chunks.append(guided_eps(models, flat_x[start:start + chunk],
                                          flat_t[start:start + chunk], cond, uncond,
@@ -206,7 +208,7 @@ def reconstruct(models: Models, inversion: InversionResult, start: int = 0,
     cond, uncond = text_embeddings(models, cfg.prompt)
     x = inversion.xts[start:start + 1].to(models.device)
     pred_type = models.scheduler.config.prediction_type
-    with freeu(models.unet, FreeUConfig() if cfg.freeu else None):
+    with freeu(models.unet, cfg.freeu):
         for k in range(start, inversion.num_steps):
             t = inversion.timesteps[k:k + 1].to(models.device)
             eps = guided_eps(models, x, t, cond, uncond, scale, 2)

@@ -45,7 +45,8 @@ def _source(image: LoadedImage) -> str:
 
 def _describe(structure: LoadedImage, mask_mode: str, /, **inputs) -> dict:
     """A run's inputs for its config.json: ``inputs``, then the keys every pair shares."""
-    return {**inputs, "mask": mask_mode, "size": list(structure.size), "fit": structure.fit}
+    return {**inputs, "mask": mask_mode, "size": list(structure.size), "fit": structure.fit,
+            "resample": structure.resample}
 
 
 @dataclass
@@ -143,8 +144,8 @@ class Lab:
 
     # -------------------------------------------------------------- stage 1 --
     def load_image(self, source: ImageLike, size: int | None = None, fit: str = "stretch",
-                   name: str | None = None) -> LoadedImage:
-        return load_image(source, self.check_size(size), fit=fit, name=name)
+                   name: str | None = None, resample: str = "bicubic") -> LoadedImage:
+        return load_image(source, self.check_size(size), fit=fit, name=name, resample=resample)
 
     def sam(self):
         """The SAM-HQ masker (loaded on first use)."""
@@ -182,12 +183,13 @@ class Lab:
     def pair(self, appearance: ImageLike | LoadedImage, structure: ImageLike | LoadedImage,
              appearance_box=None, structure_box=None, boxes: dict | None = None,
              mask: str = "auto", size: int | None = None, fit: str = "stretch",
-             appearance_mask=None, structure_mask=None) -> Pair:
+             appearance_mask=None, structure_mask=None, resample: str = "bicubic") -> Pair:
         """Load both images, resolve their boxes (given, or looked up by file name in
         ``boxes``) and compute their masks (or validate given ones)."""
         imgs = []
         for src in (appearance, structure):
-            imgs.append(src if isinstance(src, LoadedImage) else self.load_image(src, size, fit))
+            imgs.append(src if isinstance(src, LoadedImage)
+                        else self.load_image(src, size, fit, resample=resample))
         app, struct = imgs
         if app.size != struct.size:
             raise ConfigError("size", (app.size, struct.size),
@@ -210,7 +212,8 @@ class Lab:
 
     def multi_pair(self, structure: ImageLike | LoadedImage, objects: list[dict],
                    mask: str = "auto", size: int | None = None, fit: str = "stretch",
-                   boxes_size: int | tuple[int, int] | None = None) -> MultiPair:
+                   boxes_size: int | tuple[int, int] | None = None,
+                   resample: str = "bicubic") -> MultiPair:
         """A structure image and a list of objects, each a dict with ``appearance`` (an image
         or path), and optionally ``target_box`` / ``appearance_box`` (model pixels, or
         at ``boxes_size`` when given) or ``target_mask`` / ``appearance_mask``.
@@ -218,7 +221,7 @@ class Lab:
         Objects that name the same appearance source share one reference image.
         """
         struct = structure if isinstance(structure, LoadedImage) else \
-            self.load_image(structure, size, fit)
+            self.load_image(structure, size, fit, resample=resample)
         if not objects:
             raise ConfigError("objects", objects, "at least one object pair")
         refs: list[LoadedImage] = []
@@ -230,7 +233,8 @@ class Lab:
             src = obj["appearance"]
             key = src.digest if isinstance(src, LoadedImage) else str(src)
             if key not in ref_index:
-                img = src if isinstance(src, LoadedImage) else self.load_image(src, struct.size[0], fit)
+                img = src if isinstance(src, LoadedImage) else self.load_image(
+                    src, struct.size[0], fit, resample=resample)
                 if img.size != struct.size:
                     raise ConfigError(f"objects[{n}].appearance", img.size,
                                       f"the structure's size {struct.size}")

@@ -28,12 +28,14 @@ from . import schedule
 from .adain import masked_adain
 from .attention import (BatchLayout, InjectionState, RegionPair, RunRecorder, injected_layers,
                         injection, layer_level)
-from .config import FreeUConfig, TransferConfig
+from .config import TransferConfig
 from .correspondence import CorrespondenceField
 from .errors import ConfigError, DeviceOutOfMemoryError, MaskError, NumericalError, TransferCancelled
+from .images import adain_masks
 from .inversion import InversionResult, text_embeddings
 from .latents import decode
-from .models.loading import Models, freeu
+from .models.freeu import freeu
+from .models.loading import Models
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +77,35 @@ class TransferResult:
         return torch.cat([x.float().cpu() for x in inputs] + [self.image], dim=2)
 
 
-def _check_masks(state: InjectionState, grids) -> None:
-    """Refuse a mask that covers fewer than 2 cells of a grid (matching and AdaIN need 2).
+def _check_masks(masks: dict[tuple[str, tuple[int, int]], list]) -> None:
+    """Refuse a mask that covers fewer than 2 cells of a grid where it is used.
 
-    Reads the masks the state resizes (and keeps) for the run, so each is resized once.
+    ``masks[(use, grid)]`` lists per pair the (target, reference) 0/1 masks that
+    ``use`` ("matching" or "AdaIN") works with on ``grid``: matching needs candidates,
+    AdaIN an unbiased variance (2 cells). Checked once, before the loop.
     """
-    cells = {g: [[int(m.sum()) for m in pair_masks] for pair_masks in state.masks(g)]
-             for g in grids}
-    for n in range(len(state.pairs)):
-        suffix = f" of pair {n}" if len(state.pairs) > 1 else ""
-        for role, name in enumerate(("structure (target) mask", "appearance (reference) mask")):
-            for g in grids:
-                if cells[g][n][role] < 2:
+    for (use, g), per_pair in masks.items():
+        for n, pair_masks in enumerate(per_pair):
+            suffix = f" of pair {n}" if len(per_pair) > 1 else ""
+            for name, m in zip(("structure (target) mask", "appearance (reference) mask"),
+                               pair_masks):
+                if int(m.sum()) < 2:
                     raise MaskError(
                         f"the {name}{suffix} covers fewer than 2 cells of the {g[0]}x{g[1]} grid "
-                        "used by matching and AdaIN: draw a larger box, refine the SAM mask, "
+                        f"used by {use}: draw a larger box, refine the SAM mask, "
                         "or use --mask box / --mask none")
+
+
+def _adain_masks(pairs: list[RegionPair], latent_hw: tuple[int, int], mode: str,
+                 device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """Per pair: (target statistics mask, reference statistics mask, target blending
+    weights, reference index) on the latent grid (:func:`e4e_lab.images.adain_masks`)."""
+    out = []
+    for p in pairs:
+        t_stats, t_blend = adain_masks(p.target_mask, latent_hw, mode)
+        r_stats, _ = adain_masks(p.ref_mask, latent_hw, mode)
+        out.append((t_stats.to(device), r_stats.to(device), t_blend.to(device), p.reference))
+    return out
 
 
 def run_transfer(models: Models, appearance: InversionResult, structure: InversionResult,
@@ -155,10 +170,12 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     recorder = recorder if recorder is not None else RunRecorder.from_config(config)
     state = InjectionState(config, latent_hw, pairs, device, dift_field=dift_field,
                            recorder=recorder)
-    _check_masks(state, grids + [latent_hw])
+    lat_masks = _adain_masks(pairs, latent_hw, config.mask_resize, device)
+    checks = {("matching", g): state.masks(g) for g in grids}
+    if config.adain:
+        checks[("AdaIN", latent_hw)] = [(tm, rm) for tm, rm, _, _ in lat_masks]
+    _check_masks(checks)
     state.precompute(grids)
-    lat_masks = [(tm.view(latent_hw), rm.view(latent_hw), p.reference)
-                 for p, (tm, rm) in zip(pairs, state.masks(latent_hw))]
     n_ref = len(appearances)
 
     timesteps = structure.timesteps
@@ -177,7 +194,7 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     loop_start = time.perf_counter()
     timings["setup_s"] = loop_start - t_start
     try:
-        with freeu(unet, FreeUConfig() if config.freeu else None), injection(unet, state, layers):
+        with freeu(unet, config.freeu), injection(unet, state, layers):
             for i in range(total):
                 if cancel is not None and cancel.is_set():
                     raise TransferCancelled(i, total)
@@ -199,9 +216,9 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
                 x_out = schedule.ddpm_step(out, x_out, struct_z[k:k + 1], c, pred_type)
                 do_adain = config.adain_at(i)
                 if do_adain:
-                    for tm, rm, r in lat_masks:
+                    for tm, rm, blend, r in lat_masks:
                         x_out = masked_adain(x_out[0], app_x[r, k + 1], tm, rm,
-                                             masks_checked=True)[None]
+                                             masks_checked=True, blend=blend)[None]
                 nonfinite[i] = ~torch.isfinite(x_out).all()
                 if callback is not None:
                     callback(StepEvent(i, total, int(timesteps[k]), x_out[0], pred_x0[0], g,

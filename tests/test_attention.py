@@ -22,7 +22,9 @@ def layer():
 
 
 def run(layer, mode, step, guided=True, recorder=None, refresh_until=40):
-    cfg = TransferConfig(injection=mode, feat_range=(0, 100), refresh_until=refresh_until)
+    # the processor's arithmetic at step ``step`` itself (the schedule is tested elsewhere)
+    cfg = TransferConfig(injection=mode, feat_range=(0, 100), refresh_until=refresh_until,
+                         schedule="exact")
     state = InjectionState(cfg, (H, W), [RegionPair(torch.ones(H, W), torch.ones(H, W))], "cpu",
                            recorder=recorder)
     layout = BatchLayout.for_guidance(guided)

@@ -32,6 +32,10 @@ def test_transfer_writes_the_five_files(tmp_path):
     assert Image.open(out / "strip.png").width == 3 * 64
     meta = json.loads((out / "config.json").read_text())
     assert meta["tiny_model"] is True and meta["config"]["injection"] == "v"
+    # the choices that depart from (or follow) the published computation are recorded
+    assert {k: meta["config"][k] for k in ("freeu", "schedule", "mask_resize")} == {
+        "freeu": "reference", "schedule": "published", "mask_resize": "reference"}
+    assert meta["resample"] == "bicubic"
     assert meta["structure_box"] == [2, 1, 63, 62]  # boxes.json drawn at 512, rescaled
     assert "TINY" in r.stderr  # the tiny model is announced
     # a second run into the same folder is refused, not silently overwritten

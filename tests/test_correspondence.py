@@ -106,3 +106,16 @@ def test_field_resize_preserves_mapping():
     ry, rx = big.index // 8, big.index % 8
     assert torch.equal(ry.reshape(8, 8) // 2, by // 2)
     assert torch.equal(rx.reshape(8, 8) // 2, (7 - bx) // 2)
+
+
+def test_background_reference_cells_never_win():
+    """Departure from the published matching: there, masked-out reference cells are zero
+    vectors of cosine 0, so a target cell whose similarity to every object cell is
+    negative copies the first background cell. Here it takes the best object cell."""
+    query = torch.tensor([[1.0, 0.0]])
+    ref = torch.tensor([[0.3, 0.4], [-1.0, 0.1], [-1.0, -0.2]])  # cell 0 is background
+    ref_mask = torch.tensor([0.0, 1.0, 1.0])
+    index, score = nearest_neighbors(query, ref, ref_mask=ref_mask)
+    assert int(index[0]) == 2 and float(score[0]) < 0
+    published = (F.normalize(query, dim=1) @ F.normalize(ref * ref_mask[:, None], dim=1).T)
+    assert int(published.argmax()) == 0  # the background cell

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from e4e_lab.config import FreeUConfig
 from e4e_lab.images import lookup_box
-from e4e_lab.models.loading import default_dtype, freeu
+from e4e_lab.models.loading import default_dtype
 
 LIB = Path(__file__).resolve().parents[1] / "e4e_lab"
 
@@ -47,23 +46,3 @@ def test_10_box_lookup_by_file_name():
     assert lookup_box(boxes, "/some/folder/cat.png") == [1, 2, 3, 4]
     assert lookup_box(boxes, "bird_02.jpg") == [5, 6, 7, 8]  # by stem
     assert lookup_box(boxes, "dog.png") is None  # missing: no crash, no box
-
-
-def test_12_freeu_scales_decoder_blocks_by_index(models):
-    """diffusers' FreeU (what we use): each decoder block applies the factors of its own
-    index, b1 on up-block 0, b2 on up-block 1, none after; our context manager leaves the
-    UNet as it found it."""
-    from diffusers.utils.torch_utils import apply_freeu
-
-    cfg = FreeUConfig()
-    ups = models.unet.up_blocks
-    assert [b.resolution_idx for b in ups] == list(range(len(ups)))
-    with freeu(models.unet, cfg):
-        factors = dict(s1=ups[0].s1, s2=ups[0].s2, b1=ups[0].b1, b2=ups[0].b2)
-        assert factors == dict(s1=cfg.s1, s2=cfg.s2, b1=cfg.b1, b2=cfg.b2)
-    assert all(getattr(b, "b1", None) is None for b in ups)  # disabled again
-    x = torch.ones(1, 4, 8, 8)
-    for index, backbone in ((0, cfg.b1), (1, cfg.b2), (2, 1.0)):
-        out, _ = apply_freeu(index, x.clone(), torch.ones(1, 4, 8, 8), **factors)
-        assert torch.equal(out[:, :2], torch.full((1, 2, 8, 8), backbone)), index
-        assert torch.equal(out[:, 2:], x[:, 2:]), index

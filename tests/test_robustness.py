@@ -442,7 +442,7 @@ CONFIG_CASES = [
     ("seed", "7", "[0, "), ("domain", "  ", "non-empty"), ("domain", None, "non-empty"),
     ("prompt_template", "A photo", "{domain}"),
     ("prompt_template", "A {domain} of {kind}", "only placeholder"),
-    ("freeu", "yes", "true or false"), ("skip_steps", 100, "[0, 99]"),
+    ("freeu", "yes", "reference, diffusers, off"), ("skip_steps", 100, "[0, 99]"),
     ("skip_steps", -1, "at least one"), ("guidance", -1, "[0.0, 100.0]"),
     ("guidance", float("inf"), "[0.0, 100.0]"), ("guidance", "2.5", "[0.0, 100.0]"),
     ("injection", "q", "one of feature, v, kv, cross-image, none"),

@@ -1,7 +1,6 @@
 """The denoising loop: invariants, injection bookkeeping, guidance paths, AdaIN, events."""
 
 import json
-import sys
 import threading
 from collections import Counter
 
@@ -127,12 +126,15 @@ def test_masked_adain_statistics():
     assert torch.equal(masked_adain(x, ref, mx, torch.zeros(8, 8)), x)
 
 
-def test_adain_applied_only_in_range(lab, pair, fast_config):
+@pytest.mark.parametrize("schedule, expected", [("published", range(9, 14)),
+                                                ("exact", range(10, 14))])
+def test_adain_applied_only_in_range(lab, pair, fast_config, schedule, expected):
+    """14 denoising steps; the published callback widens the AdaIN range by one step."""
     cfg = fast_config.replace(injection="none", guidance=fast_config.inversion_cfg,
-                              adain_range=(10, 20))
+                              adain_range=(10, 20), schedule=schedule)
     events = []
     lab.transfer(pair, cfg, callback=events.append)
-    assert [e.step for e in events if e.adain] == list(range(10, 14))
+    assert [e.step for e in events if e.adain] == list(expected) == cfg.steps()["adain"]
 
 
 def test_masks_restrict_matching(lab, images, fast_config):
@@ -164,22 +166,20 @@ def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
 
 
 def test_masks_are_resized_once_per_grid(lab, images, fast_config, monkeypatch):
-    """The mask check reads the masks the injection state keeps (no second resize)."""
-    from e4e_lab.images import mask_at as real
+    """Matching masks are resized once per (mask, grid) for the whole run, not per call."""
+    from e4e_lab import attention
 
-    resized = Counter()
+    real, resized = attention.matching_mask, Counter()
 
-    def counting(mask, shape):
+    def counting(mask, shape, mode):
         resized[(id(mask), tuple(shape))] += 1
-        return real(mask, shape)
+        return real(mask, shape, mode)
 
-    for name, module in list(sys.modules.items()):  # wherever the library imported it
-        if name.startswith("e4e_lab") and getattr(module, "mask_at", None) is real:
-            monkeypatch.setattr(module, "mask_at", counting)
+    monkeypatch.setattr(attention, "matching_mask", counting)
     pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 48, 64),
                     structure_box=(8, 0, 64, 64))
     lab.transfer(pair, fast_config)
-    # two masks on the injected grids, the finest of which is the latent (AdaIN) grid
+    # two masks on the two injected grids
     assert {s for _, s in resized} == {(8, 8), (4, 4)} and len(resized) == 4
     assert set(resized.values()) == {1}
 

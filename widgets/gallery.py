@@ -48,7 +48,7 @@ class RunRecord:
         adain = f"adain={list(c.adain_range)}" if c.adain else "no adain"
         return (f"{self.name}: {c.injection}, g={c.guidance:g}, skip={c.skip_steps}, "
                 f"feat={list(c.feat_range)}, {adain}, seed={c.seed}"
-                f"{'' if self.masked else ', no mask'}{'' if c.freeu else ', no FreeU'}")
+                f"{'' if self.masked else ', no mask'}{'' if c.freeu == 'reference' else f', FreeU {c.freeu}'}")
 
 
 class RunGallery(LabWidget):

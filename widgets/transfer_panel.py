@@ -15,7 +15,7 @@ from typing import Callable
 
 import ipywidgets as W
 
-from e4e_lab.config import CORRESPONDENCE_SOURCES, INJECTION_MODES, TransferConfig
+from e4e_lab.config import CORRESPONDENCE_SOURCES, FREEU_MODES, INJECTION_MODES, TransferConfig
 from e4e_lab.errors import E4ELabError, TransferCancelled
 from e4e_lab.images import full_mask
 from e4e_lab.latents import decode, fast_preview
@@ -72,7 +72,8 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.seed = W.BoundedIntText(value=b.seed, min=0, max=2**31 - 1, description="seed",
                                      style=style)
         self.mask = W.Checkbox(value=True, description="use object masks")
-        self.freeu = W.Checkbox(value=b.freeu, description="FreeU")
+        self.freeu = W.Dropdown(options=FREEU_MODES, value=b.freeu, description="FreeU",
+                                style=style)
         self.preview_every = W.IntSlider(value=preview_every, min=1, max=20,
                                          description="preview every", style=style)
         self.preview_mode = W.Dropdown(options=[("fast (latent to RGB)", "fast"),
@@ -87,8 +88,8 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.skip_steps.observe(self._on_skip, names="value")
 
         controls = W.VBox([self.injection, self.correspondence, self.guidance, self.skip_steps,
-                           self.feat_range, W.HBox([self.adain, self.mask, self.freeu]),
-                           self.adain_range, self.seed,
+                           self.feat_range, W.HBox([self.adain, self.mask]),
+                           self.adain_range, self.freeu, self.seed,
                            W.HBox([self.preview_every, self.preview_mode])])
         self.widget = self._frame(
             controls, W.HBox([self.run_button, self.stop_button]), self.progress, self.status,

@@ -1,6 +1,7 @@
 """Models: the Stable Diffusion pipeline (real or tiny), SAM-HQ and the DIFT featurizer."""
 
-from .loading import DEFAULT_MODEL, TINY_WARNING, Models, freeu, load_pipeline
+from .freeu import freeu
+from .loading import DEFAULT_MODEL, TINY_WARNING, Models, load_pipeline
 from .tiny import cache_root, tiny_model_path
 
 __all__ = ["DEFAULT_MODEL", "TINY_WARNING", "Models", "freeu", "load_pipeline", "cache_root",

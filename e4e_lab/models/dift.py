@@ -17,7 +17,9 @@ import torch
 from ..correspondence import CorrespondenceField, normalize_rows
 from ..images import LoadedImage
 from ..latents import encode
-from .loading import Models, freeu
+from ..seeding import image_generator
+from .freeu import freeu
+from .loading import Models
 
 
 class _Stop(Exception):
@@ -58,7 +60,7 @@ def up_block_features(models: Models, latents: torch.Tensor, t: int, block: int,
 
     handle = unet.up_blocks[block].register_forward_hook(stop)
     try:
-        with freeu(unet, None):
+        with freeu(unet, "off"):
             unet(latents.to(models.dtype), torch.tensor(t, device=models.device),
                  encoder_hidden_states=text_emb.expand(len(latents), -1, -1))
     except _Stop as done:
@@ -72,9 +74,13 @@ def up_block_features(models: Models, latents: torch.Tensor, t: int, block: int,
 def dift_features(models: Models, image: LoadedImage, timestep: int = 261, block: int = 1,
                   ensemble: int = 8, prompt: str = "", seed: int = 0,
                   batch_size: int = 8) -> DiftFeatures:
-    """DIFT features of one image (prompt "" or e.g. "a photo of a bird")."""
+    """DIFT features of one image (prompt "" or e.g. "a photo of a bird").
+
+    The ensemble's noise is drawn from the image's own stream (``seed`` + its digest):
+    two images never share noise, as in DIFT, where each image is noised independently.
+    """
     x0 = encode(models, [image])
-    gen = torch.Generator("cpu").manual_seed(seed)
+    gen = image_generator(seed, image.digest, "dift")
     noise = torch.randn((ensemble,) + tuple(x0.shape[1:]), generator=gen).to(models.device)
     a = models.scheduler.alphas_cumprod[timestep].to(models.device, torch.float32)
     noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise

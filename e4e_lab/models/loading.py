@@ -28,7 +28,6 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..config import FreeUConfig
 from ..errors import ModelBusy, ModelUnavailableError
 from .tiny import is_tiny_folder, tiny_model_path
 
@@ -237,26 +236,3 @@ def _finish(pipe, model_id: str, device, dtype, is_tiny: bool) -> Models:
         log.warning(TINY_WARNING)
     return Models(pipe=pipe, model_id=model_id, device=torch.device(device), dtype=dtype,
                   is_tiny=is_tiny, fingerprint=_fingerprint(model_id, pipe))
-
-
-@contextlib.contextmanager
-def freeu(unet, config: FreeUConfig | None):
-    """Enable diffusers' FreeU on ``unet`` for the duration of the block (None: off).
-
-    diffusers picks the scaled decoder blocks by index: up-block 0 gets ``b1``/``s1`` and
-    up-block 1 gets ``b2``/``s2``. The published Eye-for-an-eye code (like FreeU's own)
-    picks them by channel count: every 1280-channel decoder input (SD 1.5's up-blocks 0
-    and 1) gets ``b1`` and the 640-channel one (up-block 2) gets ``b2``. We keep
-    diffusers' built-in version rather than re-writing the UNet, so on SD 1.5 our
-    up-block 1 is scaled by ``b2`` where the reference uses ``b1``, and up-block 2 is
-    not scaled.
-    """
-    if config is None:
-        unet.disable_freeu()
-        yield
-        return
-    unet.enable_freeu(s1=config.s1, s2=config.s2, b1=config.b1, b2=config.b2)
-    try:
-        yield
-    finally:
-        unet.disable_freeu()
