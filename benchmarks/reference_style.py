@@ -1,7 +1,7 @@
 """The published Eye-for-an-eye code's way of doing things, re-implemented for benchmarks.
 
 Nothing here is used by the library. These functions reproduce the *costs* of the
-reference implementation (as described in ``shared/METHOD.md``) so that the benchmarks
+reference implementation (as described in ``docs/method.md``) so that the benchmarks
 can print "ours / reference" ratios measured in one run, on one machine:
 
 - :func:`loop_match`: matching by a Python loop over every output position (one host

@@ -20,7 +20,9 @@ At an active step, a layer sees the normalised hidden states of the whole batch
 
 Background positions (outside the target mask) keep their own features. Attention is
 computed with SDPA; explicit attention weights are built only for the layers and
-steps a :class:`Recorder` asked for. Recording is a hook: the math never depends on it.
+steps a :class:`Recorder` asked for, and for the output row of the cross-image
+baseline (its contrast acts on the weights). Recording is a hook: the math never
+depends on it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one configuration object of an appearance transfer.
 
-Defaults follow the published Eye-for-an-eye code (see ``shared/METHOD.md``):
+Defaults follow the published Eye-for-an-eye code (see ``docs/method.md``):
 100 scheduler steps of which the first 32 are skipped, guidance 2.5, feature
 injection on denoising steps [10, 70), masked AdaIN on [50, 100), a structure
 refresh every 5th step below 40, inversion with CFG 3.5.

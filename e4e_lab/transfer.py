@@ -1,6 +1,6 @@
 """Stages 3-5: initialisation, denoising with rearranged features, decoding.
 
-Batch per step (see METHOD.md 4e): with guidance ``g > 1``
+Batch per step (docs/method.md, stage 4): with guidance ``g > 1``
 ``[output-plain, output-injected, appearance, structure]``, else
 ``[output, appearance, structure]``. The appearance and structure rows follow their
 stored inversion trajectories exactly; their UNet passes exist only to provide

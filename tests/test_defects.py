@@ -1,4 +1,4 @@
-"""Reference-code defects from METHOD.md that are not covered elsewhere.
+"""Published-code defects (docs/method.md, "Where we differ") not covered elsewhere.
 
 1, 2: test_transfer.py::test_every_mode_runs_with_and_without_guidance
 3: test_transfer.py::test_default_config_without_sam_masks
@@ -8,9 +8,14 @@
 8: test_attention.py::test_explicit_attention_only_when_recording (+ dtype below)
 9: test_correspondence.py::test_matches_brute_force_with_masks
 
-Departures listed in the README ("What differs from the published code"):
+Deliberate differences (docs/method.md items 11-17):
 11 (last noise map kept): test_inversion.py::test_round_trip_is_exact
-12 (FreeU by block index): test_12_freeu_scales_decoder_blocks_by_index below
+12 (background cells never win): test_correspondence.py::test_background_reference_cells_never_win
+13 (AdaIN cells equal to 1): test_fidelity.py::test_adain_masks_are_the_published_ones
+15 (batch layout): test_fidelity.py (the whole-run equivalence)
+16 (noise per image): test_fidelity.py::test_trajectories_have_independent_noise
+The options (schedule, mask_resize, freeu, resample): test_fidelity.py,
+test_config.py, test_freeu.py, test_images.py.
 """
 
 import re
