@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ import torch
 
 from . import metrics
 from .config import TransferConfig
-from .errors import ConfigError
+from .errors import ConfigError, ModelUnavailableError
 from .images import load_boxes, to_uint8
 from .outputs import safe_name
 
@@ -147,10 +148,15 @@ def check_methods(methods) -> tuple[str, ...]:
 
 
 def load_baseline(lab):
-    """Paint-by-Example for a session: the tiny random instance when the session's model
-    is the tiny one, else the real weights."""
+    """Paint-by-Example for a session: the tiny random instance when the session's
+    weights are random, the real weights with a real model. No Paint-by-Example was
+    trained in the toy world, so the toy model has none (ModelUnavailableError)."""
     from .baselines import PBE_MODEL, load_paint_by_example
 
+    if lab.models.is_toy:
+        raise ModelUnavailableError(
+            "Paint-by-Example has no toy-world model (none was trained on the synthetic "
+            "creatures): leave paint-by-example out of the methods with the toy model")
     return load_paint_by_example("tiny" if lab.is_tiny else PBE_MODEL, lab.models.device,
                                  lab.models.dtype)
 
@@ -294,9 +300,10 @@ def save_images(out: Path, images: dict[tuple[str, str], torch.Tensor]) -> None:
         Image.fromarray(to_uint8(img)).save(path)
 
 
-def write_report(path: Path, rows: list[dict], tiny: bool) -> None:
+def write_report(path: Path, rows: list[dict], note: str | None) -> None:
     """A self-contained HTML page (plotly included: it opens offline): a bar chart per
-    metric and per-pair thumbnails read from the run's ``images/`` folder."""
+    metric and per-pair thumbnails read from the run's ``images/`` folder; ``note`` is
+    the offline model's banner (None with real weights)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -310,8 +317,8 @@ def write_report(path: Path, rows: list[dict], tiny: bool) -> None:
             fig.add_trace(go.Bar(name=method, x=[method], y=[sum(finite) / len(finite) if finite else None],
                                  showlegend=False), row=1, col=j)
     fig.update_layout(height=360, title="mean score per method (see e4e_lab/metrics.py for directions)")
-    banner = ("<p style='background:#c00;color:#fff;padding:6px'>TINY RANDOM-WEIGHT MODEL: "
-              "images and scores are not meaningful</p>") if tiny else ""
+    banner = (f"<p style='background:#c00;color:#fff;padding:6px'>{html.escape(note)}</p>"
+              if note else "")
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
     cells = ["<tr><th>pair</th><th>structure</th><th>appearance</th>"
              + "".join(f"<th>{m}</th>" for m in methods) + "</tr>"]
@@ -321,11 +328,11 @@ def write_report(path: Path, rows: list[dict], tiny: bool) -> None:
             png = image_path(path.parent, p, key)
             row.append(f"<td><img src='{_thumb(png)}'></td>" if png.is_file() else "<td></td>")
         cells.append("<tr>" + "".join(row) + "</tr>")
-    html = (f"<html><head><meta charset='utf-8'><title>e4e-lab evaluation</title></head><body>"
+    page = (f"<html><head><meta charset='utf-8'><title>e4e-lab evaluation</title></head><body>"
             f"<h1>e4e-lab evaluation</h1>{banner}"
             f"{fig.to_html(full_html=False, include_plotlyjs=True)}"
             f"<table>{''.join(cells)}</table></body></html>")
-    path.write_text(html, encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
 
 
 def _has_accelerator() -> bool:
@@ -376,5 +383,5 @@ def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
             merged.extend(read_csv(part))
             part.unlink()
         write_csv(csv_path, merged)
-        write_report(out / "report.html", merged, lab.is_tiny)
+        write_report(out / "report.html", merged, lab.banner)
     return csv_path

@@ -14,6 +14,7 @@ from . import __version__
 from .cache import atomic_write_bytes, atomic_write_text
 from .errors import E4ELabError
 from .images import to_uint8
+from .models.loading import BANNERS
 
 RUN_FILES = ("result.png", "appearance_recon.png", "structure_recon.png", "strip.png",
              "config.json")
@@ -42,17 +43,19 @@ def safe_name(text: str, default: str = "run") -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or default
 
 
-TINY_STAMP = "TINY RANDOM-WEIGHT MODEL: images are not meaningful"
+#: Band colour of a strip's banner: red for random weights, dark blue for the toy model.
+STAMP_COLOURS = {"toy": (30, 60, 140)}
+_RANDOM_STAMP = (200, 0, 0)
 
 
-def png_bytes(pixels, stamp: str | None = None) -> bytes:
-    """PNG of a (3, H, W) image; ``stamp`` adds a red banner with that text on top."""
+def png_bytes(pixels, stamp: str | None = None, colour=_RANDOM_STAMP) -> bytes:
+    """PNG of a (3, H, W) image; ``stamp`` adds a band of ``colour`` with that text on top."""
     img = Image.fromarray(to_uint8(pixels))
     if stamp:
         from PIL import ImageDraw
 
         band = max(12, img.height // 12)
-        canvas = Image.new("RGB", (img.width, img.height + band), (200, 0, 0))
+        canvas = Image.new("RGB", (img.width, img.height + band), tuple(colour))
         canvas.paste(img, (0, band))
         ImageDraw.Draw(canvas).text((4, max(0, band // 2 - 6)), stamp, fill=(255, 255, 255))
         img = canvas
@@ -102,14 +105,15 @@ def _write_run(out: Path, result, pair: RunInputs, extra: dict | None) -> dict[s
     paths = {}
     for name, px in images.items():
         paths[name] = out / name
-        stamp = TINY_STAMP if (result.is_tiny and name == "strip.png") else None
-        atomic_write_bytes(paths[name], png_bytes(px, stamp))
+        stamp = BANNERS.get(result.model_kind) if name == "strip.png" else None
+        atomic_write_bytes(paths[name], png_bytes(
+            px, stamp, STAMP_COLOURS.get(result.model_kind, _RANDOM_STAMP)))
     meta = {
         "e4e_lab_version": __version__,
         "model": result.model_id,
+        "model_kind": result.model_kind,
         "tiny_model": result.is_tiny,
-        "note": ("TINY OFFLINE MODEL with random weights: images are not meaningful"
-                 if result.is_tiny else None),
+        "note": BANNERS.get(result.model_kind),
         **pair.describe(),
         "strip": [label for label, _ in panels] + ["result"],
         "injected_layers": result.layers,

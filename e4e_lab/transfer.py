@@ -35,7 +35,7 @@ from .images import adain_masks
 from .inversion import InversionResult, text_embeddings
 from .latents import decode
 from .models.freeu import freeu
-from .models.loading import Models
+from .models.loading import RANDOM_KINDS, Models
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,16 @@ class TransferResult:
     latents: torch.Tensor  # (2 + R, 4, h, w): output, appearance(s), structure
     config: TransferConfig
     model_id: str
-    is_tiny: bool
+    model_kind: str  # "real", "toy", "tiny" or "random" (e4e_lab.models.BANNERS)
     layers: list[str]
     recorder: RunRecorder | None
     timings: dict[str, float] = field(default_factory=dict)
     appearance_recons: list[torch.Tensor] = field(default_factory=list)  # all references
+
+    @property
+    def is_tiny(self) -> bool:
+        """Whether the weights were random (images not meaningful)."""
+        return self.model_kind in RANDOM_KINDS
 
     def strip(self, *inputs: torch.Tensor) -> torch.Tensor:
         """(3, H, (len(inputs) + 1) W): the (3, H, W) inputs side by side, then the result;
@@ -247,6 +252,6 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     timings["decode_s"] = time.perf_counter() - t_dec
     return TransferResult(image=images[0], appearance_recon=images[1],
                           structure_recon=images[-1], latents=finals.cpu(), config=config,
-                          model_id=models.model_id, is_tiny=models.is_tiny, layers=layers,
+                          model_id=models.model_id, model_kind=models.kind, layers=layers,
                           recorder=recorder, timings=timings,
                           appearance_recons=list(images[1:-1]))

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from e4e_lab.models import BANNERS
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--model", "tiny", "--size", "64", "--steps", "12", "--skip-steps", "4",
         "--feat-range", "1", "8", "--adain-range", "6", "12", "--quiet"]
@@ -37,7 +39,8 @@ def test_transfer_writes_the_five_files(tmp_path):
         "freeu": "reference", "schedule": "published", "mask_resize": "reference"}
     assert meta["resample"] == "bicubic"
     assert meta["structure_box"] == [2, 1, 63, 62]  # boxes.json drawn at 512, rescaled
-    assert "TINY" in r.stderr  # the tiny model is announced
+    assert BANNERS["tiny"] in r.stderr  # the tiny model is announced
+    assert meta["model_kind"] == "tiny" and meta["note"] == BANNERS["tiny"]
     # a second run into the same folder is refused, not silently overwritten
     r2 = cli("transfer", "--appearance", "example/chelsea_cat.png",
              "--structure", "example/horse_silhouette.png", "--out", str(out), *FAST)
@@ -84,4 +87,4 @@ def test_evaluate_writes_csv_and_report(tmp_path):
     assert lines[0].startswith("pair,method,seconds,ssim")
     assert len(lines) == 1 + 2 * 2  # two pairs x two methods
     html = (out / "report.html").read_text()
-    assert "TINY RANDOM-WEIGHT MODEL" in html and "data:image/png;base64" in html
+    assert BANNERS["tiny"] in html and "data:image/png;base64" in html

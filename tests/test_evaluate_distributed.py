@@ -18,6 +18,8 @@ import pytest
 
 from e4e_lab.evaluate import COLUMNS, read_csv
 
+from e4e_lab.models import BANNERS
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("feature", "v")
 EVALUATE = ["-m", "e4e_lab", "evaluate", "--pairs-dir", "example", "--methods", *METHODS,
@@ -82,7 +84,7 @@ def test_accelerate_launch_splits_pairs_and_matches_one_process(tmp_path):
         assert dist.stderr.count(f"evaluated {pair} / {method}\n") == 1
 
     report = (tmp_path / "dist" / "report.html").read_text(encoding="utf-8")
-    assert "TINY RANDOM-WEIGHT MODEL" in report
+    assert BANNERS["tiny"] in report
     assert all(n in report for n in names)
     # every pair's thumbnails, whichever process made them (structure, appearance, methods)
     assert report.count("<img src='data:image/png;base64,") == len(names) * (2 + len(METHODS))

@@ -28,7 +28,7 @@ def test_tiny_model_shape_and_loading_path(models):
     assert [type(b).__name__ for b in unet.up_blocks] == ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
     size_mb = sum(p.numel() * p.element_size() for p in models.pipe.components["unet"].parameters()) / 2**20
     assert size_mb < 40
-    assert models.is_tiny and models.banner == TINY_WARNING
+    assert models.is_tiny and models.kind == "tiny" and models.banner == TINY_WARNING
     assert models.dtype == torch.float32 and models.device.type == "cpu"
     assert type(models.scheduler).__name__ == "DDIMScheduler"
 
@@ -39,7 +39,7 @@ def test_auto_falls_back_to_tiny_fast_when_offline(caplog, monkeypatch):
     with caplog.at_level(logging.WARNING):
         m = load_pipeline("auto", device="cpu")
     assert m.is_tiny and time.perf_counter() - t < 60
-    assert any("TINY OFFLINE MODEL" in r.getMessage() for r in caplog.records)
+    assert any(TINY_WARNING in r.getMessage() for r in caplog.records)
 
 
 def test_unavailable_models_raise_typed_errors(tmp_path, monkeypatch):

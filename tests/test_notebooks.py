@@ -22,7 +22,9 @@ NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = ["01_quickstart", "02_boxes_and_masks", "03_correspondence_explorer",
             "04_attention_and_injection", "05_interactive_tuning", "06_method_walkthrough",
             "07_multi_object", "08_compare_methods"]
-BANNER = "random weights: images are not meaningful"
+from e4e_lab.models import BANNERS  # noqa: E402
+
+BANNER = BANNERS["tiny"]
 KERNEL = "e4e-lab-test"
 
 # small: 64 px (latent 8x8, injected grids 4x4 and 8x8), 14 denoising steps

@@ -16,6 +16,7 @@ from e4e_lab.attention import E4EAttnProcessor, injected_layers  # noqa: E402
 from e4e_lab.config import TransferConfig  # noqa: E402
 from e4e_lab.correspondence import nearest_neighbors  # noqa: E402
 from e4e_lab.images import box_mask, mask_at  # noqa: E402
+from e4e_lab.models import BANNERS  # noqa: E402
 from e4e_lab.models.dift import dift_features  # noqa: E402
 
 import widgets  # noqa: E402
@@ -85,7 +86,7 @@ def serialize_all(widget):
 # ------------------------------------------------------------------ banner --
 
 def test_every_widget_shows_the_tiny_banner(mlab, pair, cfg, runs):
-    assert mlab.is_tiny and "random weights: images are not meaningful" in mlab.banner
+    assert mlab.is_tiny and mlab.banner == BANNERS["tiny"]
     built = [
         BoxDrawer(pair.structure, lab=mlab),
         PairBoxDrawer.from_pair(mlab, pair),
@@ -98,10 +99,10 @@ def test_every_widget_shows_the_tiny_banner(mlab, pair, cfg, runs):
     ]
     for w in built:
         assert widgets.has_banner(w.widget), type(w).__name__
-        assert w.banner and "random weights" in w.banner
+        assert w.banner == BANNERS["tiny"]
         assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
         serialize_all(w.widget)
-    assert "random weights" in widgets.banner_html(mlab)
+    assert BANNERS["tiny"] in widgets.banner_html(mlab)
 
 
 # -------------------------------------------------------------------- boxes --

@@ -18,6 +18,7 @@ from e4e_lab.baselines import paint_by_example  # noqa: E402
 from e4e_lab.config import TransferConfig  # noqa: E402
 from e4e_lab.errors import BoxError, ConfigError  # noqa: E402
 from e4e_lab.images import LoadedImage, box_mask, load_boxes  # noqa: E402
+from e4e_lab.models import BANNERS  # noqa: E402
 from e4e_lab.parts import pair_parts  # noqa: E402
 
 import widgets  # noqa: E402
@@ -75,7 +76,7 @@ def test_new_widgets_show_the_tiny_banner(mlab, imgs, cfg):
              PartExplorer(mlab, pair, cfg)]
     for w in built:
         assert widgets.has_banner(w.widget), type(w).__name__
-        assert w.banner and "random weights" in w.banner
+        assert w.banner == BANNERS["tiny"]
         assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
         serialize_all(w.widget)
 

@@ -1,4 +1,4 @@
-"""Pieces shared by every widget: the tiny-model banner, image widgets, the base class."""
+"""Pieces shared by every widget: the offline-model banner, image widgets, the base class."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ import numpy as np
 
 from . import render
 
-TINY_TEXT = "random weights: images are not meaningful"
-_BANNER_STYLE = ("background:#c00000;color:white;font-weight:bold;padding:4px 8px;"
+BANNER_CLASS = "e4e-banner"
+#: Banner colours: red while the weights are random, dark blue for the toy model.
+BANNER_COLOURS = {"toy": "#1e3c8c"}
+_RANDOM_COLOUR = "#c00000"
+_BANNER_STYLE = ("background:{colour};color:white;font-weight:bold;padding:4px 8px;"
                  "border-radius:3px;margin:2px 0")
 
 
 def banner_text(lab) -> str | None:
-    """The banner for a session (``lab.banner``) when its model is the tiny one."""
-    if lab is None or not getattr(lab, "is_tiny", False):
-        return None
-    text = getattr(lab, "banner", None) or ""
-    return text if TINY_TEXT in text else f"{TINY_TEXT.capitalize()}. {text}".strip()
+    """What the session's model must say about itself (``lab.banner``; None for real
+    weights). The wording comes from one place: ``e4e_lab.models.BANNERS``."""
+    return None if lab is None else getattr(lab, "banner", None)
+
+
+def banner_colour(lab) -> str:
+    return BANNER_COLOURS.get(getattr(getattr(lab, "models", None), "kind", None), _RANDOM_COLOUR)
 
 
 def banner_html(lab) -> str:
@@ -27,7 +32,9 @@ def banner_html(lab) -> str:
     text = banner_text(lab)
     if not text:
         return ""
-    return f'<div class="e4e-banner" style="{_BANNER_STYLE}">&#9888; {html.escape(text)}</div>'
+    style = _BANNER_STYLE.format(colour=banner_colour(lab))
+    return (f'<div class="{BANNER_CLASS}" style="{style}">&#9888; '
+            f'{html.escape(text)}</div>')
 
 
 def banner_widget(lab) -> W.HTML | None:
@@ -59,7 +66,7 @@ def widget_text(widget) -> str:
 
 
 def has_banner(widget) -> bool:
-    return TINY_TEXT in widget_text(widget)
+    return f'class="{BANNER_CLASS}"' in widget_text(widget)
 
 
 def image_widget(image: np.ndarray | None = None, width: int | None = None) -> W.Image:

@@ -1,4 +1,4 @@
-"""Static matplotlib figures for the notebooks (each stamped with the tiny-model banner).
+"""Static matplotlib figures for the notebooks (each stamped with the offline-model banner).
 
 Every function takes the session (for the banner and the model) and library results,
 and returns a ``matplotlib.figure.Figure``; the notebooks only call them.
@@ -17,14 +17,14 @@ from e4e_lab import explore
 from e4e_lab.latents import decode
 
 from . import render
-from .common import TINY_TEXT, banner_text
+from .common import banner_colour, banner_text
 
 
 def _stamp(fig, lab, title: str | None = None):
-    text = banner_text(lab) and f"\u26a0 TINY OFFLINE MODEL, {TINY_TEXT}"
+    text = banner_text(lab) and f"\u26a0 {banner_text(lab)}"
     lines = [t for t in (title, text) if t]
     if text:
-        fig.suptitle("\n".join(lines), color="white", backgroundcolor="#c00000",
+        fig.suptitle("\n".join(lines), color="white", backgroundcolor=banner_colour(lab),
                      fontsize=9, fontweight="bold")
     elif title:
         fig.suptitle(title)

@@ -1,10 +1,12 @@
-"""Stage 0: loading the Stable Diffusion pipeline (real weights or the tiny model).
+"""Stage 0: loading the Stable Diffusion pipeline (real weights, the toy or the tiny model).
 
 ``load_pipeline(model)`` takes:
 
-- ``"tiny"``: the offline tiny model (random weights, images not meaningful);
+- ``"toy"``: the toy model shipped in ``e4e_lab/toy/weights`` (trained here on the
+  synthetic creatures of :mod:`e4e_lab.toy.world`; it knows nothing else);
+- ``"tiny"``: the offline tiny model (random weights, for tests: its images are noise);
 - ``"auto"``: the real SD 1.5 if it can be had (local Hugging Face cache first, then
-  the hub when reachable), else the tiny model with a loud warning;
+  the hub when reachable), else the toy model, saying so in one line;
 - a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5`` is the default real model);
 - a local folder written by ``save_pretrained``.
 
@@ -34,8 +36,19 @@ from .tiny import is_tiny_folder, tiny_model_path
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-TINY_WARNING = ("e4e-lab is using the TINY OFFLINE MODEL with random weights: "
-                "images are not meaningful. Load real Stable Diffusion weights for real results.")
+#: The shipped toy model (a ``save_pretrained`` folder with a MANIFEST.json of sums).
+TOY_WEIGHTS = Path(__file__).resolve().parents[1] / "toy" / "weights"
+TOY_MARKER = "E4E_TOY_MODEL.txt"
+#: What every UI says while an offline model is in use: one wording, from here.
+BANNERS = {
+    "toy": "toy model: trained on synthetic creatures; it knows nothing else",
+    "tiny": "tiny model: random weights, for tests; its images are noise, not results",
+    "random": "sd15-random: Stable Diffusion 1.5's layers with random weights, for "
+              "measuring speed and memory; its images are noise, not results",
+}
+#: Model kinds whose weights are random: their images are not meaningful.
+RANDOM_KINDS = ("tiny", "random")
+TINY_WARNING = BANNERS["tiny"]
 
 
 @dataclass
@@ -46,7 +59,7 @@ class Models:
     model_id: str
     device: torch.device
     dtype: torch.dtype
-    is_tiny: bool
+    kind: str  # "real", "toy", "tiny" or "random" (see BANNERS)
     fingerprint: str
     # held while the UNet runs: a transfer installs its attention processors on it, so
     # another thread's UNet use (inversion, DIFT features) must wait (see :meth:`in_use`)
@@ -90,9 +103,18 @@ class Models:
         return int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
 
     @property
+    def is_tiny(self) -> bool:
+        """Whether the weights are random (tiny or sd15-random): images not meaningful."""
+        return self.kind in RANDOM_KINDS
+
+    @property
+    def is_toy(self) -> bool:
+        return self.kind == "toy"
+
+    @property
     def banner(self) -> str | None:
-        """The warning every UI shows while the tiny model is in use (else None)."""
-        return TINY_WARNING if self.is_tiny else None
+        """What every UI shows while an offline model is in use (None for real weights)."""
+        return BANNERS.get(self.kind)
 
 
 def default_device() -> torch.device:
@@ -173,7 +195,9 @@ def load_pipeline(model: str = "auto", device: str | torch.device | None = None,
     dtype = dtype or default_dtype(device)
     if model == "tiny":
         return _finish(_from_pretrained(str(tiny_model_path(cache_dir)), dtype, True),
-                       "tiny", device, dtype, True)
+                       "tiny", device, dtype, "tiny")
+    if model == "toy":
+        return _load_toy(device, dtype)
     if model == "auto":
         try:
             models = _load_real(DEFAULT_MODEL, device, dtype, local_files_only=True)
@@ -185,10 +209,14 @@ def load_pipeline(model: str = "auto", device: str | torch.device | None = None,
                 return _load_real(DEFAULT_MODEL, device, dtype, local_files_only=False)
             except ModelUnavailableError as exc:
                 log.warning("could not download %s (%s)", DEFAULT_MODEL, exc)
-        # the tiny model's own warning follows (every load of it says so, in _finish)
-        log.warning("no weights of %s found locally or on the hub: falling back to the tiny "
-                    "offline model", DEFAULT_MODEL)
-        return load_pipeline("tiny", device, dtype, cache_dir=cache_dir)
+        if (TOY_WEIGHTS / "model_index.json").exists():
+            log.warning("no weights of %s found locally or on the hub: using the %s",
+                        DEFAULT_MODEL, BANNERS["toy"])
+            return _load_toy(device, dtype, announce=False)
+        log.warning("no weights of %s found, and no toy model in %s: using the %s",
+                    DEFAULT_MODEL, TOY_WEIGHTS, BANNERS["tiny"])
+        return _finish(_from_pretrained(str(tiny_model_path(cache_dir)), dtype, True),
+                       "tiny", device, dtype, "tiny", announce=False)
     return _load_real(model, device, dtype,
                       local_files_only=bool(local_files_only) or _offline())
 
@@ -224,15 +252,38 @@ def _load_real(model: str, device, dtype, local_files_only: bool) -> Models:
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Download it on a machine with "
             f"network with `hf download {model}` (or point --model at a local "
             "folder), or use --model tiny for the offline test model") from None
-    return _finish(pipe, model, device, dtype, is_tiny_folder(source) if local else False)
+    return _finish(pipe, model, device, dtype, _folder_kind(Path(source)) if local else "real")
 
 
-def _finish(pipe, model_id: str, device, dtype, is_tiny: bool) -> Models:
+def _folder_kind(folder: Path) -> str:
+    if is_tiny_folder(folder):
+        return "tiny"
+    return "toy" if (folder / TOY_MARKER).exists() else "real"
+
+
+def _load_toy(device, dtype, announce: bool = True) -> Models:
+    """The shipped toy model, its files checked against their recorded sums first."""
+    from ..toy.model import verify_manifest
+
+    if not (TOY_WEIGHTS / "model_index.json").exists():
+        raise ModelUnavailableError(
+            f"the toy model is missing from {TOY_WEIGHTS}: restore it from the repository "
+            "(git checkout e4e_lab/toy/weights) or train it with `python -m e4e_lab.toy.train`")
+    problems = verify_manifest(TOY_WEIGHTS)
+    if problems:
+        raise ModelUnavailableError(
+            f"the toy model in {TOY_WEIGHTS} does not match its MANIFEST.json ({problems[0]}"
+            f"{' and more' if len(problems) > 1 else ''}): restore it from the repository")
+    return _finish(_from_pretrained(str(TOY_WEIGHTS), dtype, True), "toy", device, dtype, "toy",
+                   announce=announce)
+
+
+def _finish(pipe, model_id: str, device, dtype, kind: str, announce: bool = True) -> Models:
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval().requires_grad_(False)
-    if is_tiny:
-        log.warning(TINY_WARNING)
+    if announce and kind in BANNERS:
+        log.warning("e4e-lab is using the %s", BANNERS[kind])
     return Models(pipe=pipe, model_id=model_id, device=torch.device(device), dtype=dtype,
-                  is_tiny=is_tiny, fingerprint=_fingerprint(model_id, pipe))
+                  kind=kind, fingerprint=_fingerprint(model_id, pipe))

@@ -17,15 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .loading import Models, _fingerprint
+from .loading import BANNERS, Models, _fingerprint
 from .tiny import SD15_SCHEDULER, write_clip_tokenizer_files
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "sd15-random"
-RANDOM_WARNING = ("e4e-lab is using Stable Diffusion 1.5's architecture with RANDOM WEIGHTS "
-                  "(sd15-random): images are not meaningful; it is meant for measuring speed "
-                  "and memory.")
+RANDOM_WARNING = f"e4e-lab is using the {BANNERS['random']}"
 
 #: SD 1.5 UNet (``unet/config.json`` of the published model), the values that matter.
 SD15_UNET = dict(
@@ -57,13 +55,9 @@ SD15_TEXT = dict(
 
 @dataclass
 class RandomModels(Models):
-    """:class:`Models` whose banner says the weights are random (not the tiny model)."""
+    """:class:`Models` of kind ``random``, with the seed that made the weights."""
 
     seed: int = 0
-
-    @property
-    def banner(self) -> str | None:
-        return RANDOM_WARNING
 
 
 def _tokenizer():
@@ -126,5 +120,5 @@ def build_sd15_random(device: str | torch.device = "cpu", dtype: torch.dtype = t
     log.warning(RANDOM_WARNING)
     fingerprint = hashlib.sha256(
         f"{_fingerprint(MODEL_ID, pipe)}:seed={seed}:device={device.type}".encode()).hexdigest()[:16]
-    return RandomModels(pipe=pipe, model_id=MODEL_ID, device=device, dtype=dtype, is_tiny=True,
+    return RandomModels(pipe=pipe, model_id=MODEL_ID, device=device, dtype=dtype, kind="random",
                         fingerprint=fingerprint, seed=seed)
