@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml constraints.txt widgets/__init__.py
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/e4e-lab transfer --model auto \
-		--appearance example/chelsea_cat.png --structure example/horse_silhouette.png \
-		--boxes example/boxes.json --domain animal --out demo-output --overwrite
+	$(BIN)/e4e-lab transfer --model auto --domain bird \
+		--appearance example/toy/bird_appearance.png --structure example/toy/bird_structure.png \
+		--appearance-mask example/toy/bird_appearance_mask.png \
+		--structure-mask example/toy/bird_structure_mask.png --out demo-output --overwrite
 	@echo "demo: wrote demo-output/ (result.png, strip.png, ...)"
 
 test: $(STAMP)

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     io_.add_argument("--structure-box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                      help="object box in the structure image, model-resolution pixels")
     io_.add_argument("--boxes", metavar="JSON", help='boxes file {"file name": [x0, y0, x1, y1]}')
+    io_.add_argument("--appearance-mask", metavar="PNG",
+                     help="object mask of the appearance image (white = object); overrides --mask")
+    io_.add_argument("--structure-mask", metavar="PNG",
+                     help="object mask of the structure image (white = object); overrides --mask")
     io_.add_argument("--pairs", metavar="JSON",
                      help='multi-object pairs: {"_size": 512, "objects": [{"target_box": [...], '
                      '"appearance": PATH, "appearance_box": [...]}, ...]}; paths relative to '
@@ -147,7 +151,7 @@ def _transfer(args) -> int:
         raise ConfigError("appearance", None, "give --appearance PATH (or --pairs JSON)")
     # refuse bad files and an existing run now, not after loading the model and running
     for path in ([args.appearance] if objects is None else [o["appearance"] for o in objects]
-                 ) + [args.structure]:
+                 ) + [args.structure] + [m for m in (args.appearance_mask, args.structure_mask) if m]:
         check_image_file(path)
     check_output(args.out, args.overwrite)
 
@@ -165,9 +169,13 @@ def _transfer(args) -> int:
         pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
                               fit=args.fit, boxes_size=boxes_size, resample=args.resample)
     else:
+        from .images import load_mask
+
         pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
                         structure_box=args.structure_box, boxes=boxes, mask=args.mask,
-                        size=args.size, fit=args.fit, resample=args.resample)
+                        size=args.size, fit=args.fit, resample=args.resample,
+                        appearance_mask=load_mask(args.appearance_mask, args.fit),
+                        structure_mask=load_mask(args.structure_mask, args.fit))
     bars: dict[str, tqdm] = {}
 
     def bar(name, total, **kw):

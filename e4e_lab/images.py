@@ -432,6 +432,18 @@ def full_mask(size: tuple[int, int]) -> torch.Tensor:
     return torch.ones(h, w)
 
 
+def load_mask(path: str | os.PathLike | None, fit: str = "stretch") -> torch.Tensor | None:
+    """An (H, W) 0/1 mask from an image file (white or any value >= 128 = object), at the
+    file's own size (``Lab.pair`` brings it to the model size), or None without a path.
+    Only ``stretch`` fitting keeps a mask aligned with its image."""
+    if path is None:
+        return None
+    if fit != "stretch":
+        raise MaskError(f"mask '{path}' can only be used with --fit stretch (got {fit})")
+    img = _open(Path(path))
+    return as_mask(np.array(img.convert("L")), name=f"mask '{path}'")
+
+
 def as_mask(mask, size: tuple[int, int] | None = None, name: str = "mask") -> torch.Tensor:
     """Validate a user mask (array or tensor, bool/0-1/0-255) as an (H, W) float 0/1 tensor.
 

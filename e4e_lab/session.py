@@ -145,7 +145,15 @@ class Lab:
     # -------------------------------------------------------------- stage 1 --
     def load_image(self, source: ImageLike, size: int | None = None, fit: str = "stretch",
                    name: str | None = None, resample: str = "bicubic") -> LoadedImage:
-        return load_image(source, self.check_size(size), fit=fit, name=name, resample=resample)
+        image = load_image(source, self.check_size(size), fit=fit, name=name, resample=resample)
+        if self.models.is_toy and isinstance(source, (str, os.PathLike)):
+            from .toy.examples import toy_world_info
+
+            if toy_world_info(source) is None:
+                log.warning("'%s' is not a toy-world image, but the model is the %s: expect "
+                            "a meaningless result (load real Stable Diffusion weights for "
+                            "photos)", image.name, self.models.banner)
+        return image
 
     def sam(self):
         """The SAM-HQ masker (loaded on first use)."""
