@@ -106,9 +106,23 @@ def guided_eps(models: Models, x: torch.Tensor, t: torch.Tensor, cond: torch.Ten
     return torch.cat(out)
 
 
-def default_batch_size(models: Models) -> int:
-    """UNet batch for inversion: large on a GPU, moderate on a CPU."""
-    return 32 if models.device.type == "cuda" else 64
+#: Activation memory of one UNet sample in inversion, SD 1.5 at a 64x64 latent in fp16
+#: with SDPA (skip connections, feed-forward and attention buffers), with headroom.
+_SAMPLE_BYTES_SD15 = 160 * 2**20
+
+
+def default_batch_size(models: Models, latent_hw: tuple[int, int] = (64, 64)) -> int:
+    """UNet batch for inversion: 64 on a CPU; on a GPU 32, or fewer when half of the free
+    memory would not hold 32 samples (scaled from SD 1.5's size by latent area, UNet
+    width and dtype). A fixed size where memory allows keeps results reproducible."""
+    if models.device.type != "cuda":
+        return 64
+    free, _ = torch.cuda.mem_get_info(models.device)
+    width = models.unet.config.block_out_channels[0] / 320
+    per_sample = (_SAMPLE_BYTES_SD15 * latent_hw[0] * latent_hw[1] / 4096 * width
+                  * torch.finfo(models.dtype).bits / 16)
+    fits = int(free * 0.5 // max(per_sample, 1))
+    return max(2, min(32, fits - fits % 2))
 
 
 @torch.no_grad()
@@ -117,11 +131,11 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
                     progress: Callable[[int, int], None] | None = None) -> list[tuple]:
     """Invert several images at once; returns [(xts, zs, timesteps)] per image."""
     device = models.device
-    batch_size = batch_size or default_batch_size(models)
     timesteps = schedule.timesteps_for(models.scheduler, config.num_steps)
     coef = schedule.coefficients(models.scheduler, timesteps, eta=1.0, device=device)
     n_img, n_t = len(images), len(timesteps)
     x0 = encode(models, list(images))  # (B, 4, h, w) float32
+    batch_size = batch_size or default_batch_size(models, tuple(x0.shape[-2:]))
     # Each image draws from its own stream (run seed + content digest): independent noise
     # across images, and a draw that does not depend on what else is inverted with it.
     noise = torch.stack([

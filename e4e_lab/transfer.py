@@ -184,6 +184,7 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     n_ref = len(appearances)
 
     timesteps = structure.timesteps
+    timesteps_dev = timesteps.to(device)  # indexed in the loop without a host copy
     coef = schedule.coefficients(models.scheduler, timesteps, device=device)
     pred_type = models.scheduler.config.prediction_type
     cond, uncond = text_embeddings(models, config.inversion.prompt)
@@ -210,7 +211,7 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
                 state.begin_step(i, layout)
                 rows = [x_out] * (2 if guided else 1) + [app_x[:, k], struct_x[k:k + 1]]
                 latents = torch.cat(rows).to(models.dtype)
-                t = timesteps[k].to(device)
+                t = timesteps_dev[k]
                 pred = unet(latents, t, encoder_hidden_states=emb[guided]).sample.float()
                 out = pred[layout.output:layout.output + 1]
                 if guided:

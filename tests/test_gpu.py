@@ -87,3 +87,23 @@ def test_two_identical_runs_are_bit_equal(cuda_models, images, fast_config, tmp_
     first = lab.transfer(pair, fast_config)
     again = _lab(cuda_models, tmp_path / "other").transfer(pair, fast_config)
     assert torch.equal(first.latents, again.latents) and torch.equal(first.image, again.image)
+
+
+@pytest.mark.parametrize("mode", ["feature", "v", "cross-image"])
+def test_denoising_loop_never_waits_for_the_gpu(cuda_models, images, fast_config, tmp_path,
+                                                mode):
+    """No host sync from the end of the first denoising step to the last one: CUDA's
+    sync debug mode raises on any synchronising call (``.item()``, a blocking copy...)."""
+    lab = _lab(cuda_models, tmp_path)
+    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(4, 4, 60, 60),
+                    structure_box=(8, 2, 62, 58))
+    last = fast_config.denoising_steps - 1
+
+    def watch(event):
+        torch.cuda.set_sync_debug_mode("error" if event.step < last else "default")
+
+    try:
+        res = lab.transfer(pair, fast_config.replace(injection=mode), callback=watch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(res.latents).all()
