@@ -157,6 +157,13 @@ class BatchLayout:
         return self.appearances[0]
 
     @property
+    def appearance_rows(self) -> slice:
+        """The appearance rows as a slice: they are consecutive, and indexing with a
+        slice (unlike a list, which becomes an index tensor copied to the device) never
+        waits for the GPU."""
+        return slice(self.appearances[0], self.appearances[-1] + 1)
+
+    @property
     def size(self) -> int:
         return self.structure + 1
 
@@ -276,7 +283,7 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, d // heads).transpose(1, 2)
 
 
-def _stack(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+def _stack(x: torch.Tensor, rows: slice) -> torch.Tensor:
     """(len(rows) * N, C): the positions of several batch rows, one after the other."""
     return x[rows].reshape(-1, x.shape[-1])
 
@@ -329,7 +336,7 @@ class E4EAttnProcessor:
         residual = hidden_states
         lay = st.layout
         out, app, struct = lay.output, lay.appearance, lay.structure
-        apps = list(lay.appearances)
+        apps = lay.appearance_rows
         grid = st.grid(hidden_states.shape[1])
         refresh = cfg.refreshes_at(step)
         mode = cfg.injection

@@ -63,7 +63,12 @@ def test_every_injection_mode_with_guidance(cuda_models, images, fast_config, tm
     assert torch.isfinite(res.image).all(), mode
 
 
-def test_inversion_round_trip_fp32_on_cuda(cuda_models_fp32, images, fast_config):
+def test_inversion_round_trip_fp32_on_cuda(cuda_models_fp32, images, fast_config, monkeypatch):
+    """Exact in fp32, once TF32 is off: cuDNN convolutions use TF32 by default on Ampere
+    and later, and the batched inversion and the one-step reconstruction then differ by
+    about 1e-3 per noise prediction (0.04 in x_0 after 20 steps, measured on an H200)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     img = load_image(images[0], SMALL)
     (inv,) = invert(cuda_models_fp32, [img], fast_config.inversion)
     assert not (inv.zs[-1] == 0).all()
