@@ -27,8 +27,10 @@ from e4e_lab.models import BANNERS  # noqa: E402
 BANNER = BANNERS["tiny"]
 KERNEL = "e4e-lab-test"
 
-# small: 64 px (latent 8x8, injected grids 4x4 and 8x8), 14 denoising steps
-SMALL = dict(model="tiny", size=64, num_steps=20, skip_steps=6, feat_range=[2, 12],
+# small: 128 px (the toy pairs' own size; tiny latent 16x16, injected grids 8x8 and 16x16),
+# 14 denoising steps. Not 64 px: there the coarsest injected grid is 4x4 (16 px cells) and
+# the toy creatures' masks cover fewer than 2 of its cells, which the transfer refuses.
+SMALL = dict(model="tiny", size=128, num_steps=20, skip_steps=6, feat_range=[2, 12],
              adain_range=[10, 20])
 
 
@@ -42,7 +44,7 @@ def extra_parameters(name: str, tmp: Path) -> dict:
         "05_interactive_tuning": {"export_dir": str(tmp / "gallery")},
         "06_method_walkthrough": {},
         "07_multi_object": {"pairs_out": str(tmp / "pairs" / "multi_pairs.json")},
-        # an 8x8 DIFT grid (up-block 2 at 64 px) so that k = 4 parts have room
+        # a fine DIFT grid (up-block 2) so that k = 4 parts have room
         "08_compare_methods": {"pbe_steps": 10, "dift_block": 2, "dift_ensemble": 2},
     }[name]
 
@@ -122,7 +124,8 @@ def test_notebook_runs_headless(name, kernel_name, tmp_path, _offline_env):
         assert images >= 2
     elif name == "02_boxes_and_masks":
         boxes = json.loads((tmp_path / "boxes.json").read_text())
-        assert boxes["_size"] == 64 and boxes["horse_silhouette.png"] == [2, 1, 63, 62]
+        # example/toy/boxes.json, drawn at 128 px, saved back at the model size
+        assert boxes["_size"] == 128 and boxes["bird_structure.png"] == [37, 31, 89, 89]
         assert widgets >= 2 and images >= 2
     elif name == "03_correspondence_explorer":
         assert "best match" in text and widgets >= 2 and images >= 4
@@ -139,14 +142,15 @@ def test_notebook_runs_headless(name, kernel_name, tmp_path, _offline_env):
         assert float(check.rsplit(" ", 1)[1]) < 1e-2
         assert images >= 7
     elif name == "07_multi_object":
-        assert "multi-object result (3, 64, 64) from 2 pairs and 2 reference images" in text
-        assert "pair 2: target [32, 1, 63, 62] <- coffee_cup.png [7, 2, 62, 63]" in text
+        assert "multi-object result (3, 128, 128) from 2 pairs and 2 reference images" in text
+        assert "pair 2: target [55, 35, 97, 104] <- bird_appearance.png [70, 11, 102, 88]" in text
         saved = tmp_path / "pairs" / "multi_pairs.json"
         data = json.loads(saved.read_text())
-        assert data["_size"] == 64 and len(data["objects"]) == 2
+        assert data["_size"] == 128 and len(data["objects"]) == 2
         # appearance paths are relative to the saved file, as the CLI reads them
         assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
-            ROOT / "example" / "chelsea_cat.png", ROOT / "example" / "coffee_cup.png"]
+            ROOT / "example" / "toy" / "dog_appearance.png",
+            ROOT / "example" / "toy" / "bird_appearance.png"]
         assert widgets >= 1 and images >= 2
     elif name == "08_compare_methods":
         assert "done - 5 methods compared" in text
