@@ -210,7 +210,6 @@ class InjectionState:
         self.recorder = recorder
         self.step: int = -1
         self.layout = BatchLayout.for_guidance(True, self.references)
-        self.enabled = True
         self._masks: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._fields: dict[tuple[int, int], CorrespondenceField] = {}
 
@@ -316,8 +315,32 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.cat(outs, dim=1), (torch.cat(probs, dim=1) if keep_probs else None)
 
 
-class E4EAttnProcessor:
-    """Self-attention with feature / V / KV / cross-image injection for one layer."""
+@dataclass
+class _Call:
+    """One injected layer call: the batch rows, the grid, and whether it is a refresh."""
+
+    name: str
+    step: int
+    grid: tuple[int, int]
+    layout: BatchLayout
+    refresh: bool
+
+    @property
+    def out(self) -> int:
+        return self.layout.output
+
+
+class InjectionProcessor:
+    """Decoder self-attention that injects the appearance (stage 4) for one layer.
+
+    The shared skeleton: outside the injection steps (and for any call it does not
+    handle) it is diffusers' ``AttnProcessor2_0``; otherwise :meth:`project` makes Q, K
+    and V with the mode's rearrangement, :meth:`attend` attends, and the output
+    projection follows. Subclasses implement one mode family each; recording is a hook
+    (:class:`Recorder`) that never changes the result.
+    """
+
+    kind = "match"  # what the recorder's call list says of a non-refresh call
 
     def __init__(self, name: str, state: InjectionState):
         self.name = name
@@ -326,51 +349,18 @@ class E4EAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
-        st, cfg = self.state, self.state.config
-        step = st.step
-        if (not st.enabled or encoder_hidden_states is not None or hidden_states.ndim != 3
+        st = self.state
+        if (encoder_hidden_states is not None or hidden_states.ndim != 3
                 or attn.spatial_norm is not None or attn.group_norm is not None
-                or not cfg.injects_at(step)):
+                or not st.config.injects_at(st.step)):
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-        residual = hidden_states
-        lay = st.layout
-        out, app, struct = lay.output, lay.appearance, lay.structure
-        apps = lay.appearance_rows
-        grid = st.grid(hidden_states.shape[1])
-        refresh = cfg.refreshes_at(step)
-        mode = cfg.injection
+        call = _Call(self.name, st.step, st.grid(hidden_states.shape[1]), st.layout,
+                     st.config.refreshes_at(st.step))
         if st.recorder is not None:
-            st.recorder.on_injection(self.name, step,
-                                     "refresh" if refresh else ("cross" if mode == "cross-image"
-                                                                else "match"))
-        fld = None
-        if not refresh and mode in ("feature", "v", "kv"):
-            fld = st.match(self.name, hidden_states[out], hidden_states[apps], grid)
-
-        if mode == "feature":
-            hidden_states = hidden_states.clone()
-            hidden_states[out] = (hidden_states[struct] if refresh else
-                                  _gather_rows(hidden_states[out], _stack(hidden_states, apps),
-                                               fld.index))
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        if mode in ("v", "kv", "cross-image"):
-            src = struct if refresh else app
-            swap_k = mode in ("kv", "cross-image")
-            if refresh or mode == "cross-image":
-                value[out] = value[src]
-                if swap_k:
-                    key[out] = key[src]
-            else:
-                value[out] = _gather_rows(value[out], _stack(value, apps), fld.index)
-                if swap_k:
-                    key[out] = _gather_rows(key[out], _stack(key, apps), fld.index)
-
-        heads = attn.heads
-        q, k, v = _heads(query, heads), _heads(key, heads), _heads(value, heads)
+            st.recorder.on_injection(self.name, call.step,
+                                     "refresh" if call.refresh else self.kind)
+        query, key, value = self.project(attn, hidden_states, call)
+        q, k, v = (_heads(x, attn.heads) for x in (query, key, value))
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
@@ -378,34 +368,128 @@ class E4EAttnProcessor:
         mask = None
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, q.shape[2], q.shape[0])
-            mask = mask.view(q.shape[0], heads, -1, mask.shape[-1])
-        result = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-        contrast = cfg.cross_image_contrast if mode == "cross-image" and not refresh else None
-        recording = st.recorder is not None and st.recorder.wants_attention(self.name, step)
-        if contrast is not None or recording:
-            rows = lay.names() if recording else {"output": out}
-            probs = {}
-            for row_name, r in rows.items():
-                c = contrast if r == out else None
-                res, p = explicit_attention(q[r], k[r], v[r], c, keep_probs=recording)
-                if r == out and contrast is not None:
-                    result[r] = res
-                if recording:
-                    probs[row_name] = p
-            if recording:
-                st.recorder.on_attention(self.name, step, probs, grid)
-
+            mask = mask.view(q.shape[0], attn.heads, -1, mask.shape[-1])
+        result = self.attend(q, k, v, mask, call)
+        self._record_attention(q, k, v, call)
         b, _, n, d = result.shape
-        hidden = result.transpose(1, 2).reshape(b, n, heads * d).to(query.dtype)
+        hidden = result.transpose(1, 2).reshape(b, n, attn.heads * d).to(query.dtype)
         hidden = attn.to_out[1](attn.to_out[0](hidden))
         if attn.residual_connection:
-            hidden = hidden + residual
+            hidden = hidden + hidden_states
         return hidden / attn.rescale_output_factor
+
+    def project(self, attn, hidden_states: torch.Tensor, call: _Call):
+        """(query, key, value) of the whole batch, each (B, N, inner)."""
+        return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+
+    def attend(self, q, k, v, mask, call: _Call) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def match(self, hidden_states: torch.Tensor, call: _Call) -> CorrespondenceField:
+        """The output rows' correspondence into the appearance rows at this layer."""
+        lay = call.layout
+        return self.state.match(self.name, hidden_states[lay.output],
+                                hidden_states[lay.appearance_rows], call.grid)
+
+    def _record_attention(self, q, k, v, call: _Call) -> None:
+        """Explicit attention weights of every row, only where a recorder asks."""
+        rec = self.state.recorder
+        if rec is None or not rec.wants_attention(self.name, call.step):
+            return
+        probs = {row: explicit_attention(q[r], k[r], v[r], self._contrast(call, r),
+                                         keep_probs=True)[1]
+                 for row, r in call.layout.names().items()}
+        rec.on_attention(self.name, call.step, probs, call.grid)
+
+    def _contrast(self, call: _Call, row: int) -> float | None:
+        return None
+
+
+class FeatureInjection(InjectionProcessor):
+    """``feature``: the output's attention input is replaced, cell by cell, by the
+    matched appearance features (Q, K and V all projected from them); on a refresh step,
+    by the structure's features."""
+
+    def project(self, attn, hidden_states, call):
+        lay = call.layout
+        rearranged = hidden_states.clone()
+        if call.refresh:
+            rearranged[lay.output] = hidden_states[lay.structure]
+        else:
+            fld = self.match(hidden_states, call)
+            rearranged[lay.output] = _gather_rows(
+                hidden_states[lay.output], _stack(hidden_states, lay.appearance_rows), fld.index)
+        return super().project(attn, rearranged, call)
+
+
+class ValueInjection(InjectionProcessor):
+    """``v``: Q and K from the output's own features, V from the matched appearance
+    cells; ``kv``: K too. On a refresh step they come from the structure row."""
+
+    def __init__(self, name: str, state: InjectionState, keys: bool = False):
+        super().__init__(name, state)
+        self.keys = keys
+
+    def project(self, attn, hidden_states, call):
+        query, key, value = super().project(attn, hidden_states, call)
+        lay = call.layout
+        swapped = (value, key) if self.keys else (value,)
+        if call.refresh:
+            for proj in swapped:
+                proj[lay.output] = proj[lay.structure]
+        else:
+            fld = self.match(hidden_states, call)
+            for proj in swapped:
+                proj[lay.output] = _gather_rows(proj[lay.output],
+                                                _stack(proj, lay.appearance_rows), fld.index)
+        return query, key, value
+
+
+class CrossImageAttention(InjectionProcessor):
+    """``cross-image`` (Cross-Image Attention, arXiv 2311.03335): Q from the output, K and
+    V from the appearance row, no rearrangement, and the attention weights of the output
+    row pushed away from their mean by ``cross_image_contrast`` (so that row is attended
+    with explicit weights). On a refresh step K and V come from the structure row and
+    there is no contrast."""
+
+    kind = "cross"
+
+    def project(self, attn, hidden_states, call):
+        query, key, value = super().project(attn, hidden_states, call)
+        lay = call.layout
+        src = lay.structure if call.refresh else lay.appearance
+        value[lay.output] = value[src]
+        key[lay.output] = key[src]
+        return query, key, value
+
+    def attend(self, q, k, v, mask, call):
+        result = super().attend(q, k, v, mask, call)
+        contrast = self._contrast(call, call.out)
+        if contrast is not None:
+            o = call.out
+            result[o] = explicit_attention(q[o], k[o], v[o], contrast)[0]
+        return result
+
+    def _contrast(self, call, row):
+        if call.refresh or row != call.out:
+            return None
+        return self.state.config.cross_image_contrast
+
+
+def make_processor(name: str, state: InjectionState) -> InjectionProcessor:
+    """The processor of ``state.config.injection`` for one layer (``none``: a feature
+    processor that is never active, since ``injects_at`` is always false)."""
+    mode = state.config.injection
+    if mode in ("v", "kv"):
+        return ValueInjection(name, state, keys=mode == "kv")
+    if mode == "cross-image":
+        return CrossImageAttention(name, state)
+    return FeatureInjection(name, state)
 
 
 class injection:
-    """Context manager installing :class:`E4EAttnProcessor` on the injected layers.
+    """Context manager installing the mode's :class:`InjectionProcessor` on the injected
+    layers.
 
     The UNet's previous processors are restored on exit, whatever happened inside, so
     a cancelled or failed run leaves the pipeline as it found it.
@@ -420,7 +504,7 @@ class injection:
         self._saved = dict(self.unet.attn_processors)
         procs = dict(self._saved)
         for name in self.layers:
-            procs[name] = E4EAttnProcessor(name, self.state)
+            procs[name] = make_processor(name, self.state)
         self.unet.set_attn_processor(procs)
         return self.layers
 

@@ -152,6 +152,15 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     positions outside every target region keep their own features. With one pair this
     is the single-object method (:func:`run_transfer`).
     """
+    _check_inputs(appearances, structure, pairs, config, dift_field)
+    t_start = time.perf_counter()
+    run = _prepare(models, appearances, structure, pairs, config, dift_field, recorder)
+    timings = {"setup_s": time.perf_counter() - t_start}
+    x_out = _denoise(run, callback, cancel, timings)
+    return _decode(run, x_out, timings)
+
+
+def _check_inputs(appearances, structure, pairs, config, dift_field) -> None:
     for inv, role in [(a, "appearance") for a in appearances] + [(structure, "structure")]:
         if inv.config != config.inversion:
             raise ValueError(f"the {role} inversion was made with {inv.config}, but the config "
@@ -165,9 +174,34 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     if config.correspondence == "dift" and (dift_field is None or len(pairs) > 1):
         raise ValueError("config.correspondence is 'dift': give one region pair and a "
                          "dift_field (e4e_lab.models.dift.dift_field)")
+
+
+@dataclass
+class _Run:
+    """What the denoising loop reads, prepared once (stage 3 and the masks of 4b/4f)."""
+
+    models: Models
+    config: TransferConfig
+    state: InjectionState
+    layers: list[str]
+    adain_masks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]
+    timesteps: torch.Tensor  # CPU, for events and messages
+    timesteps_dev: torch.Tensor  # on the device, indexed in the loop without a host copy
+    coef: schedule.StepCoefficients
+    emb: dict[bool, torch.Tensor]  # text embeddings of the batch, with / without guidance
+    app_x: torch.Tensor  # (R, T+1, 4, h, w) stored appearance trajectories
+    struct_x: torch.Tensor  # (T+1, 4, h, w) stored structure trajectory
+    struct_z: torch.Tensor  # (T, 4, h, w) its noise maps, which the output reuses
+
+    @property
+    def references(self) -> int:
+        return self.app_x.shape[0]
+
+
+def _prepare(models, appearances, structure, pairs, config, dift_field, recorder) -> _Run:
+    """Stage 3: the injected layers, masks on every grid (checked once), the schedule's
+    coefficients, the text embeddings and the stored trajectories on the device."""
     device, unet = models.device, models.unet
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
     latent_hw = tuple(structure.xts.shape[-2:])
     layers = injected_layers(unet)
     grids = sorted({(latent_hw[0] // layer_level(n, unet), latent_hw[1] // layer_level(n, unet))
@@ -182,53 +216,35 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     _check_masks(checks)
     state.precompute(grids)
     n_ref = len(appearances)
-
-    timesteps = structure.timesteps
-    timesteps_dev = timesteps.to(device)  # indexed in the loop without a host copy
-    coef = schedule.coefficients(models.scheduler, timesteps, device=device)
-    pred_type = models.scheduler.config.prediction_type
     cond, uncond = text_embeddings(models, config.inversion.prompt)
-    app_x = torch.stack([a.xts for a in appearances]).to(device)  # (R, T+1, 4, h, w)
-    struct_x = structure.xts.to(device)
-    struct_z = structure.zs.to(device)
-    k0, total = config.skip_steps, config.denoising_steps
-    x_out = struct_x[k0:k0 + 1].clone()
-    nonfinite = torch.zeros(total, dtype=torch.bool, device=device)
-    emb = {True: torch.cat([uncond, cond] + [cond] * (n_ref + 1)),
-           False: torch.cat([cond] * (n_ref + 2))}
+    return _Run(
+        models=models, config=config, state=state, layers=layers, adain_masks=lat_masks,
+        timesteps=structure.timesteps, timesteps_dev=structure.timesteps.to(device),
+        coef=schedule.coefficients(models.scheduler, structure.timesteps, device=device),
+        emb={True: torch.cat([uncond, cond] + [cond] * (n_ref + 1)),
+             False: torch.cat([cond] * (n_ref + 2))},
+        app_x=torch.stack([a.xts for a in appearances]).to(device),
+        struct_x=structure.xts.to(device), struct_z=structure.zs.to(device))
 
+
+def _denoise(run: _Run, callback, cancel, timings: dict) -> torch.Tensor:
+    """Stage 4: the denoising steps from the structure's latent at the skip; returns the
+    output latent (1, 4, h, w). NaN/Inf is flagged on the device and checked once."""
+    config, unet = run.config, run.models.unet
+    k0, total = config.skip_steps, config.denoising_steps
+    x_out = run.struct_x[k0:k0 + 1].clone()  # the output starts as the structure
+    nonfinite = torch.zeros(total, dtype=torch.bool, device=run.models.device)
     loop_start = time.perf_counter()
-    timings["setup_s"] = loop_start - t_start
     try:
-        with freeu(unet, config.freeu), injection(unet, state, layers):
+        with freeu(unet, config.freeu), injection(unet, run.state, run.layers):
             for i in range(total):
                 if cancel is not None and cancel.is_set():
                     raise TransferCancelled(i, total)
-                k = k0 + i
-                g = config.guidance_at(i)
-                guided = g > 1
-                layout = BatchLayout.for_guidance(guided, n_ref)
-                state.begin_step(i, layout)
-                rows = [x_out] * (2 if guided else 1) + [app_x[:, k], struct_x[k:k + 1]]
-                latents = torch.cat(rows).to(models.dtype)
-                t = timesteps_dev[k]
-                pred = unet(latents, t, encoder_hidden_states=emb[guided]).sample.float()
-                out = pred[layout.output:layout.output + 1]
-                if guided:
-                    plain = pred[layout.plain:layout.plain + 1]
-                    out = plain + g * (out - plain)
-                c = coef[k]
-                pred_x0 = schedule.predicted_x0(out, x_out, c, pred_type)
-                x_out = schedule.ddpm_step(out, x_out, struct_z[k:k + 1], c, pred_type)
-                do_adain = config.adain_at(i)
-                if do_adain:
-                    for tm, rm, blend, r in lat_masks:
-                        x_out = masked_adain(x_out[0], app_x[r, k + 1], tm, rm,
-                                             masks_checked=True, blend=blend)[None]
+                x_out, pred_x0, g, do_adain = _step(run, x_out, i)
                 nonfinite[i] = ~torch.isfinite(x_out).all()
                 if callback is not None:
-                    callback(StepEvent(i, total, int(timesteps[k]), x_out[0], pred_x0[0], g,
-                                       config.injects_at(i), do_adain,
+                    callback(StepEvent(i, total, int(run.timesteps[k0 + i]), x_out[0],
+                                       pred_x0[0], g, config.injects_at(i), do_adain,
                                        time.perf_counter() - loop_start))
     except torch.cuda.OutOfMemoryError:
         raise DeviceOutOfMemoryError(
@@ -237,13 +253,49 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
     if nonfinite.any():
         first = int(nonfinite.nonzero()[0])
         raise NumericalError(f"NaN or Inf appeared in the output latent at denoising step "
-                             f"{first} (t={int(timesteps[k0 + first])}); try fp32 "
+                             f"{first} (t={int(run.timesteps[k0 + first])}); try fp32 "
                              "(--dtype float32) or a lower guidance")
     timings["denoise_s"] = time.perf_counter() - loop_start
     timings["ms_per_step"] = 1000 * timings["denoise_s"] / max(total, 1)
+    return x_out
 
+
+def _step(run: _Run, x_out: torch.Tensor, i: int):
+    """One denoising step ``i``: (new output latent, predicted x0, guidance, AdaIN?)."""
+    config, models = run.config, run.models
+    k = config.skip_steps + i
+    g = config.guidance_at(i)
+    guided = g > 1
+    layout = BatchLayout.for_guidance(guided, run.references)
+    run.state.begin_step(i, layout)
+    # 4e: [plain output, injected output] (or the injected one alone) + the branches at
+    # their stored x_t, whose passes only provide features to the injected layers
+    rows = [x_out] * (2 if guided else 1) + [run.app_x[:, k], run.struct_x[k:k + 1]]
+    latents = torch.cat(rows).to(models.dtype)
+    pred = models.unet(latents, run.timesteps_dev[k],
+                       encoder_hidden_states=run.emb[guided]).sample.float()
+    out = pred[layout.output:layout.output + 1]
+    if guided:
+        plain = pred[layout.plain:layout.plain + 1]
+        out = plain + g * (out - plain)
+    # 4g: the DDPM step with the structure's noise map
+    c, pred_type = run.coef[k], models.scheduler.config.prediction_type
+    pred_x0 = schedule.predicted_x0(out, x_out, c, pred_type)
+    x_out = schedule.ddpm_step(out, x_out, run.struct_z[k:k + 1], c, pred_type)
+    # 4f: masked AdaIN towards each pair's reference at the same noise level
+    do_adain = config.adain_at(i)
+    if do_adain:
+        for tm, rm, blend, r in run.adain_masks:
+            x_out = masked_adain(x_out[0], run.app_x[r, k + 1], tm, rm,
+                                 masks_checked=True, blend=blend)[None]
+    return x_out, pred_x0, g, do_adain
+
+
+def _decode(run: _Run, x_out: torch.Tensor, timings: dict) -> TransferResult:
+    """Stage 5: the VAE decodes the output and both branches' reconstructions."""
+    models = run.models
     t_dec = time.perf_counter()
-    finals = torch.cat([x_out, app_x[:, -1], struct_x[-1:]])
+    finals = torch.cat([x_out, run.app_x[:, -1], run.struct_x[-1:]])
     try:
         images = decode(models, finals).cpu()
     except torch.cuda.OutOfMemoryError:
@@ -252,7 +304,7 @@ def run_multi_transfer(models: Models, appearances: list[InversionResult],
             "or close other GPU programs") from None
     timings["decode_s"] = time.perf_counter() - t_dec
     return TransferResult(image=images[0], appearance_recon=images[1],
-                          structure_recon=images[-1], latents=finals.cpu(), config=config,
-                          model_id=models.model_id, model_kind=models.kind, layers=layers,
-                          recorder=recorder, timings=timings,
+                          structure_recon=images[-1], latents=finals.cpu(), config=run.config,
+                          model_id=models.model_id, model_kind=models.kind, layers=run.layers,
+                          recorder=run.state.recorder, timings=timings,
                           appearance_recons=list(images[1:-1]))

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from e4e_lab import attention as att
-from e4e_lab.attention import (BatchLayout, E4EAttnProcessor, InjectionState, RegionPair,
+from e4e_lab.attention import (BatchLayout, InjectionState, RegionPair, make_processor,
                                RunRecorder)
 from e4e_lab.config import TransferConfig
 from e4e_lab.correspondence import nearest_neighbors
@@ -32,8 +32,8 @@ def run(layer, mode, step, guided=True, recorder=None, refresh_until=40):
     g = torch.Generator().manual_seed(step)
     hs = torch.randn(layout.size, H * W, C, generator=g)
     with torch.no_grad():
-        out = E4EAttnProcessor("up_blocks.3.attentions.0.transformer_blocks.0.attn1.processor",
-                               state)(layer, hs)
+        out = make_processor("up_blocks.3.attentions.0.transformer_blocks.0.attn1.processor",
+                             state)(layer, hs)
         plain = AttnProcessor2_0()(layer, hs)
     return hs, out, plain, layout
 
@@ -128,7 +128,7 @@ def test_inactive_step_is_plain_attention(layer):
     state = InjectionState(cfg, (H, W), [RegionPair(torch.ones(H, W), torch.ones(H, W))], "cpu")
     state.begin_step(3, BatchLayout.for_guidance(True))
     hs = torch.randn(4, H * W, C)
-    out = E4EAttnProcessor("x", state)(layer, hs)
+    out = make_processor("x", state)(layer, hs)
     assert torch.equal(out, AttnProcessor2_0()(layer, hs))
 
 
@@ -146,7 +146,7 @@ def test_multi_object_pairs_take_features_only_from_their_partner(layer):
     assert layout.appearances == (1, 2) and layout.structure == 3
     state.begin_step(1, layout)
     hs = torch.randn(layout.size, H * W, C, generator=torch.Generator().manual_seed(3))
-    out = E4EAttnProcessor("L", state)(layer, hs)
+    out = make_processor("L", state)(layer, hs)
     (fld,) = state.recorder.matches.values()
     n = H * W
     idx = fld.index.reshape(H, W)

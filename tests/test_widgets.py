@@ -12,7 +12,7 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("ipycanvas")
 
 from e4e_lab import explore  # noqa: E402
-from e4e_lab.attention import E4EAttnProcessor, injected_layers  # noqa: E402
+from e4e_lab.attention import InjectionProcessor, injected_layers  # noqa: E402
 from e4e_lab.config import TransferConfig  # noqa: E402
 from e4e_lab.correspondence import nearest_neighbors  # noqa: E402
 from e4e_lab.images import box_mask, mask_at  # noqa: E402
@@ -354,7 +354,7 @@ def test_attention_viewer_feature_vs_v(mlab, pair, runs, finest):
 # ---------------------------------------------------------- transfer panel --
 
 def _restored(unet):
-    return not any(isinstance(p, E4EAttnProcessor) for p in unet.attn_processors.values())
+    return not any(isinstance(p, InjectionProcessor) for p in unet.attn_processors.values())
 
 
 def test_transfer_panel_stop_mid_run_then_run_again(mlab, pair, cfg):
