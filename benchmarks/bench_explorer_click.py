@@ -41,8 +41,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=512, help="image size in model pixels")
     args = ap.parse_args(argv)
 
-    from e4e_lab.explore import FeatureLookup, pixel_to_cell
-    from e4e_lab.images import load_boxes
+    from e4e_lab.analysis.grids import pixel_to_cell
+    from e4e_lab.analysis.lookup import FeatureLookup
+    from e4e_lab.io.formats import load_boxes
     from e4e_lab.session import Lab
     from widgets import CorrespondenceExplorer, render
 

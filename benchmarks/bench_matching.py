@@ -6,7 +6,7 @@ random features:
 - ``loop``: :func:`reference_style.loop_match`, the published code's per-pixel Python
   loop (normalise each non-zero output vector and the whole masked reference map,
   cosine, argmax, copy the matched feature);
-- ``ours``: :func:`e4e_lab.correspondence.nearest_neighbors` (one normalised matrix
+- ``ours``: :func:`e4e_lab.method.correspondence.nearest_neighbors` (one normalised matrix
   product and one argmax) followed by the vectorised copy of the matched rows.
 
 Both must give identical matches and identical rearranged features (checked; the
@@ -36,7 +36,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from reference_style import loop_match  # noqa: E402
 
-from e4e_lab.correspondence import nearest_neighbors  # noqa: E402
+from e4e_lab.method.correspondence import nearest_neighbors  # noqa: E402
 
 DEFAULT_SIZES = "32x32:640,64x64:320"
 

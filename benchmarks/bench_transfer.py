@@ -4,8 +4,8 @@ What is measured, on the example pair (``example/chelsea_cat.png`` onto
 ``example/horse_silhouette.png`` with their boxes as masks):
 
 - ``ours``: e4e-lab's stages: both images inverted together in large UNet batches
-  (``e4e_lab.inversion.invert``, writing the on-disk cache), then
-  ``e4e_lab.transfer.run_transfer`` (SDPA attention, vectorised matching, 4 latents
+  (``e4e_lab.method.inversion.invert``, writing the on-disk cache), then
+  ``e4e_lab.method.transfer.run_transfer`` (SDPA attention, vectorised matching, 4 latents
   per step with guidance) including the VAE decode. Also a *cached re-run*: the
   inversion read back from the disk cache plus the same denoising and decoding
   (the sum of the two measured times).
@@ -69,14 +69,14 @@ sys.path.insert(1, str(ROOT))
 from reference_style import (ReferenceState, reference_attention, reference_denoise,  # noqa: E402
                              reference_inversion, reference_transfer)
 
-from e4e_lab.cache import TensorCache  # noqa: E402
-from e4e_lab.config import INJECTION_MODES, TransferConfig  # noqa: E402
-from e4e_lab.images import load_boxes  # noqa: E402
-from e4e_lab.inversion import invert  # noqa: E402
-from e4e_lab.latents import decode  # noqa: E402
+from e4e_lab.io.cache import TensorCache  # noqa: E402
+from e4e_lab.io.formats import load_boxes  # noqa: E402
+from e4e_lab.method.config import INJECTION_MODES, TransferConfig  # noqa: E402
+from e4e_lab.method.inversion import invert  # noqa: E402
+from e4e_lab.method.latents import decode  # noqa: E402
+from e4e_lab.method.transfer import run_transfer  # noqa: E402
 from e4e_lab.models.loading import default_device, default_dtype, load_pipeline  # noqa: E402
 from e4e_lab.session import Lab  # noqa: E402
-from e4e_lab.transfer import run_transfer  # noqa: E402
 
 EXAMPLE = ROOT / "example"
 APPEARANCE, STRUCTURE = "chelsea_cat.png", "horse_silhouette.png"

@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from e4e_lab.config import TransferConfig  # noqa: E402
-from e4e_lab.images import load_boxes  # noqa: E402
+from e4e_lab.io.formats import load_boxes  # noqa: E402
+from e4e_lab.method.config import TransferConfig  # noqa: E402
 from e4e_lab.session import Lab  # noqa: E402
 
 #: Each option that departs from the published computation (name, config changes,

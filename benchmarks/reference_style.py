@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 
-from e4e_lab import schedule
-from e4e_lab.adain import masked_adain
-from e4e_lab.attention import injected_layers
-from e4e_lab.config import TransferConfig
-from e4e_lab.images import mask_at
-from e4e_lab.inversion import InversionResult, invert_uncached, text_embeddings
-from e4e_lab.latents import decode
+from e4e_lab.method import schedule
+from e4e_lab.method.adain import masked_adain
+from e4e_lab.method.config import TransferConfig
+from e4e_lab.method.inversion import InversionResult, invert_uncached, text_embeddings
+from e4e_lab.method.latents import decode
+from e4e_lab.method.layers import injected_layers
+from e4e_lab.method.masks import mask_at
 from e4e_lab.models.freeu import freeu
 from e4e_lab.models.loading import Models
 
@@ -234,7 +234,7 @@ def reference_transfer(models: Models, appearance, structure, appearance_mask: t
                        structure_mask: torch.Tensor, config: TransferConfig) -> dict[str, float]:
     """Inversion + denoising + decoding the reference's way; returns seconds per stage.
 
-    ``appearance`` / ``structure`` are :class:`e4e_lab.images.LoadedImage`. Keys:
+    ``appearance`` / ``structure`` are :class:`e4e_lab.method.images.LoadedImage`. Keys:
     ``inversion_s``, ``denoise_s``, ``ms_per_step``, ``decode_s``, ``transfer_s``.
     """
     if config.injection == "cross-image":

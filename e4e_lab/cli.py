@@ -11,9 +11,9 @@ import logging
 import sys
 import time
 
-from .config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
-                     RESAMPLE_MODES, SCHEDULES, TransferConfig)
 from .errors import ConfigError, E4ELabError, TransferCancelled
+from .method.config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
+                            RESAMPLE_MODES, SCHEDULES, TransferConfig)
 
 log = logging.getLogger("e4e_lab")
 
@@ -142,8 +142,9 @@ def _config(args) -> TransferConfig:
 
 def _transfer(args) -> int:
     config = _config(args)  # validate before importing or loading anything heavy
-    from .images import check_image_file, load_boxes, load_object_pairs
-    from .outputs import check_output
+    from .io.formats import load_boxes, load_object_pairs
+    from .io.outputs import check_output
+    from .method.images import check_image_file
 
     boxes = load_boxes(args.boxes) if args.boxes else None
     objects, boxes_size = load_object_pairs(args.pairs) if args.pairs else (None, None)
@@ -158,7 +159,7 @@ def _transfer(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .outputs import save_run
+    from .io.outputs import save_run
     from .session import Lab
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -169,7 +170,7 @@ def _transfer(args) -> int:
         pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
                               fit=args.fit, boxes_size=boxes_size, resample=args.resample)
     else:
-        from .images import load_mask
+        from .method.masks import load_mask
 
         pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
                         structure_box=args.structure_box, boxes=boxes, mask=args.mask,
@@ -205,7 +206,7 @@ def _transfer(args) -> int:
 def _evaluate(args) -> int:
     import torch
 
-    from .evaluate import run_distributed
+    from .evaluation.evaluate import run_distributed
     from .session import Lab
 
     base = TransferConfig(num_steps=args.steps, skip_steps=args.skip_steps,

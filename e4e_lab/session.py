@@ -21,17 +21,18 @@ from typing import Callable
 
 import torch
 
-from .cache import TensorCache
-from .config import TransferConfig
-from .correspondence import CorrespondenceField
 from .errors import ConfigError, MaskError
-from .images import (Box, ImageLike, LoadedImage, as_mask, box_mask, full_mask, load_image,
-                     lookup_box, parse_box, require_nonempty, scale_boxes)
-from .inversion import InversionResult, invert
+from .io.cache import TensorCache
+from .io.formats import Box, lookup_box, parse_box, scale_boxes
+from .io.paths import cache_root
+from .method.config import TransferConfig
+from .method.correspondence import CorrespondenceField
+from .method.images import ImageLike, LoadedImage, load_image
+from .method.inversion import InversionResult, invert
+from .method.masks import as_mask, box_mask, full_mask, require_nonempty
+from .method.regions import RegionPair
+from .method.transfer import StepEvent, TransferResult, run_multi_transfer, run_transfer
 from .models.loading import Models, load_pipeline
-from .models.tiny import cache_root
-from .attention import RegionPair
-from .transfer import StepEvent, TransferResult, run_multi_transfer, run_transfer
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,8 @@ class Lab:
     def invert(self, images: list[LoadedImage], config: TransferConfig,
                progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
         """Inversions of ``images`` (memory cache, then disk cache, then computed together)."""
-        from .cache import key_of
-        from .inversion import cache_spec
+        from .io.cache import key_of
+        from .method.inversion import cache_spec
 
         inv_cfg = config.inversion
         keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]

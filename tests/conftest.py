@@ -59,7 +59,7 @@ def images():
 @pytest.fixture(scope="session")
 def fast_config():
     """A short schedule with the reference's proportions (for speed)."""
-    from e4e_lab.config import TransferConfig
+    from e4e_lab.method.config import TransferConfig
 
     return TransferConfig(num_steps=20, skip_steps=6, feat_range=(2, 12), adain_range=(10, 20),
                           refresh_until=8, domain="bird")

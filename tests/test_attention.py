@@ -5,11 +5,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from e4e_lab import attention as att
-from e4e_lab.attention import (BatchLayout, InjectionState, RegionPair, make_processor,
-                               RunRecorder)
-from e4e_lab.config import TransferConfig
-from e4e_lab.correspondence import nearest_neighbors
+from e4e_lab.method import attention as att
+from e4e_lab.method.attention import make_processor
+from e4e_lab.method.config import TransferConfig
+from e4e_lab.method.correspondence import nearest_neighbors
+from e4e_lab.method.layers import BatchLayout
+from e4e_lab.method.recording import RunRecorder
+from e4e_lab.method.regions import InjectionState, RegionPair
 
 H = W = 4
 C = 8

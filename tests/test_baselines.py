@@ -2,9 +2,9 @@
 
 import torch
 
-from e4e_lab.baselines import load_paint_by_example, paint_by_example
-from e4e_lab.config import TransferConfig
-from e4e_lab.evaluate import evaluate, read_pairs
+from e4e_lab.evaluation.baselines import load_paint_by_example, paint_by_example
+from e4e_lab.evaluation.evaluate import evaluate, read_pairs
+from e4e_lab.method.config import TransferConfig
 
 from conftest import SMALL
 

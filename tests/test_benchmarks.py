@@ -59,7 +59,8 @@ def test_reference_style_modes_run(models, images, fast_config):
         from reference_style import reference_transfer
     finally:
         sys.path.remove(str(BENCH))
-    from e4e_lab.images import box_mask, load_image
+    from e4e_lab.method.images import load_image
+    from e4e_lab.method.masks import box_mask
 
     app, struct = (load_image(im, 64, name=f"im{i}") for i, im in enumerate(images))
     mask = box_mask((8, 8, 56, 56), (64, 64))

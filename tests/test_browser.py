@@ -183,8 +183,8 @@ def test_box_drawn_and_resized_by_mouse(lab_page):
 # ---------------------------------------------------------------- scenario 3 --
 
 MATCH_CHECK = """
-from e4e_lab.correspondence import nearest_neighbors
-from e4e_lab.images import mask_at
+from e4e_lab.method.correspondence import nearest_neighbors
+from e4e_lab.method.masks import mask_at
 from e4e_lab.models.dift import dift_features
 
 _ft = dift_features(lab.models, pair.structure, dift_timestep, dift_block, dift_ensemble,
@@ -204,10 +204,10 @@ def test_correspondence_click_matches_nearest_neighbors(lab_page):
     explorer = lp.page.locator(".e4e-correspondenceexplorer").first
     target, ref = explorer.locator(".e4e-canvas").nth(0), explorer.locator(".e4e-canvas").nth(1)
     # a target cell inside the mask, away from the one selected in the notebook
-    lp.kernel("from e4e_lab import explore as _ex\n"
+    lp.kernel("from e4e_lab.analysis.grids import cell_center as _cell_center\n"
               "_valid = explorer.lookup.target_valid.nonzero().flatten()\n"
               "_cell = int(_valid[len(_valid) // 4])\n"
-              "_xy = _ex.cell_center(_cell, explorer.target_grid, explorer.size)")
+              "_xy = _cell_center(_cell, explorer.target_grid, explorer.size)")
     cell, x, y = lp.kernel_json("[_cell, *_xy]")
     assert cell != lp.kernel_json("explorer.cell")
     target.scroll_into_view_if_needed()

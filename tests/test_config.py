@@ -1,6 +1,6 @@
 """The step schedule: the published code's effective steps, and the literal ranges."""
 
-from e4e_lab.config import TransferConfig
+from e4e_lab.method.config import TransferConfig
 
 
 def test_published_schedule_steps_for_the_defaults():

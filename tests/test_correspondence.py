@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from e4e_lab import correspondence
-from e4e_lab.correspondence import CorrespondenceField, nearest_neighbors
+from e4e_lab.method import correspondence
+from e4e_lab.method.correspondence import CorrespondenceField, nearest_neighbors
 
 
 def brute_force(query, ref, query_mask=None, ref_mask=None):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from e4e_lab.images import lookup_box
+from e4e_lab.io.formats import lookup_box
 from e4e_lab.models.loading import default_dtype
 
 LIB = Path(__file__).resolve().parents[1] / "e4e_lab"

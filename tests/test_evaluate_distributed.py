@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from e4e_lab.evaluate import COLUMNS, read_csv
+from e4e_lab.evaluation.report import COLUMNS, read_csv
 
 from e4e_lab.models import BANNERS
 

@@ -12,8 +12,8 @@ import torch
 
 import published
 from conftest import SMALL
-from e4e_lab.config import TransferConfig
-from e4e_lab.images import adain_masks, matching_mask
+from e4e_lab.method.config import TransferConfig
+from e4e_lab.method.masks import adain_masks, matching_mask
 
 # the two images' trajectories must not share noise (the published code draws them
 # independently from one generator); shared noise gives a correlation of 1

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from e4e_lab.config import FreeUConfig, InversionConfig, TransferConfig
 from e4e_lab.errors import ConfigError
+from e4e_lab.method.config import FreeUConfig, InversionConfig, TransferConfig
 from e4e_lab.models.freeu import freeu, reference_factors
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e4e_lab.config import INJECTION_MODES
-from e4e_lab.images import load_image
-from e4e_lab.inversion import invert, reconstruct
+from e4e_lab.method.config import INJECTION_MODES
+from e4e_lab.method.images import load_image
+from e4e_lab.method.inversion import invert, reconstruct
 
 from conftest import SMALL
 

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from e4e_lab.adain import masked_adain, masked_stats
 from e4e_lab.errors import ImageError
-from e4e_lab.images import adain_masks, load_image, mask_at, mask_weights, matching_mask
+from e4e_lab.method.adain import masked_adain, masked_stats
+from e4e_lab.method.images import load_image
+from e4e_lab.method.masks import adain_masks, mask_at, mask_weights, matching_mask
 
 
 @pytest.fixture(scope="module")

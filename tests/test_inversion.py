@@ -2,11 +2,11 @@
 
 import torch
 
-from e4e_lab import schedule
-from e4e_lab.cache import TensorCache
-from e4e_lab.config import InversionConfig
-from e4e_lab.images import load_image
-from e4e_lab.inversion import invert, invert_uncached, reconstruct
+from e4e_lab.io.cache import TensorCache
+from e4e_lab.method import schedule
+from e4e_lab.method.config import InversionConfig
+from e4e_lab.method.images import load_image
+from e4e_lab.method.inversion import invert, invert_uncached, reconstruct
 
 from conftest import SMALL
 

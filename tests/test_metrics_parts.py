@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from e4e_lab import metrics
-from e4e_lab.correspondence import CorrespondenceField
-from e4e_lab.parts import discover_parts, kmeans
+from e4e_lab.analysis import metrics
+from e4e_lab.analysis.parts import discover_parts, kmeans
+from e4e_lab.method.correspondence import CorrespondenceField
 
 
 def smooth(seed, size=32):

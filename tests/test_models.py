@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from e4e_lab.errors import ModelUnavailableError
-from e4e_lab.images import load_image
+from e4e_lab.method.images import load_image
 from e4e_lab.models import TINY_WARNING, load_pipeline, tiny_model_path
 from e4e_lab.models.dift import dift_features
 

@@ -28,11 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from e4e_lab.adain import EPS, masked_adain, masked_stats
-from e4e_lab.cache import TensorCache, key_of
-from e4e_lab.config import INJECTION_MODES, TransferConfig
 from e4e_lab.errors import BoxError, ConfigError, MaskError
-from e4e_lab.images import as_mask, load_boxes, lookup_box, mask_at, parse_box, scale_boxes
+from e4e_lab.io.cache import TensorCache, key_of
+from e4e_lab.io.formats import load_boxes, lookup_box, parse_box, scale_boxes
+from e4e_lab.method.adain import EPS, masked_adain, masked_stats
+from e4e_lab.method.config import INJECTION_MODES, TransferConfig
+from e4e_lab.method.masks import as_mask, mask_at
 
 SETTINGS = settings(max_examples=80, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

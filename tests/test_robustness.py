@@ -45,12 +45,13 @@ import pytest
 import torch
 from PIL import Image
 
-from e4e_lab.config import TransferConfig
 from e4e_lab.errors import (BoxError, ConfigError, DeviceOutOfMemoryError, ImageError,
                             MaskError, ModelUnavailableError, NumericalError,
                             TransferCancelled)
-from e4e_lab.images import (as_mask, check_image_file, load_boxes, load_image, lookup_box,
-                            mask_at, parse_box, scale_boxes)
+from e4e_lab.io.formats import load_boxes, lookup_box, parse_box, scale_boxes
+from e4e_lab.method.config import TransferConfig
+from e4e_lab.method.images import check_image_file, load_image
+from e4e_lab.method.masks import as_mask, mask_at
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -686,7 +687,7 @@ CORRUPTIONS = ["truncated", "flipped-data", "flipped-header", "pickle", "empty",
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)
 def test_corrupt_cache_entries_are_detected_logged_and_dropped(tmp_path, caplog, kind):
-    from e4e_lab.cache import TensorCache, key_of
+    from e4e_lab.io.cache import TensorCache, key_of
 
     cache = TensorCache(tmp_path, "inversions")
     spec = {"stage": "test", "cfg": 3.5}
@@ -696,7 +697,7 @@ def test_corrupt_cache_entries_are_detected_logged_and_dropped(tmp_path, caplog,
     got = cache.get(key, spec)
     assert got is not None and all(torch.equal(got[k], tensors[k]) for k in tensors)
     read_key, read_spec = _corrupt(kind, cache, key, spec, tensors)
-    with caplog.at_level(logging.WARNING, logger="e4e_lab.cache"):
+    with caplog.at_level(logging.WARNING, logger="e4e_lab.io.cache"):
         assert cache.get(read_key, read_spec) is None
     assert any("discarded" in r.getMessage() and "recomputed" in r.getMessage()
                for r in caplog.records)
@@ -707,9 +708,9 @@ def test_corrupt_cache_entries_are_detected_logged_and_dropped(tmp_path, caplog,
 
 @pytest.mark.parametrize("kind", ["flipped-data", "other-spec"])
 def test_inversion_recomputes_a_corrupt_entry(models, tmp_path, images, caplog, kind):
-    from e4e_lab.cache import TensorCache
-    from e4e_lab.config import InversionConfig
-    from e4e_lab.inversion import cache_spec, invert
+    from e4e_lab.io.cache import TensorCache
+    from e4e_lab.method.config import InversionConfig
+    from e4e_lab.method.inversion import cache_spec, invert
 
     cache = TensorCache(tmp_path, "inversions")
     cfg = InversionConfig(num_steps=6, domain="bird")
@@ -721,7 +722,7 @@ def test_inversion_recomputes_a_corrupt_entry(models, tmp_path, images, caplog, 
         spec = dict(cache_spec(models, img, cfg), cfg=99.0)
         cache.put(first.key, spec, {"xts": first.xts + 1, "zs": first.zs,
                                     "timesteps": first.timesteps})
-    with caplog.at_level(logging.WARNING, logger="e4e_lab.cache"):
+    with caplog.at_level(logging.WARNING, logger="e4e_lab.io.cache"):
         again = invert(models, [img], cfg, cache=cache)[0]
     assert not again.from_cache
     assert any("discarded" in r.getMessage() for r in caplog.records)
@@ -734,7 +735,7 @@ def test_inversion_recomputes_a_corrupt_entry(models, tmp_path, images, caplog, 
 
 def _hammer(root: str, rounds: int, seed: int, conn) -> None:
     """Child process: write and read one cache entry many times."""
-    from e4e_lab.cache import TensorCache, key_of
+    from e4e_lab.io.cache import TensorCache, key_of
 
     cache = TensorCache(root, "shared")
     spec = {"stage": "concurrency"}
@@ -753,7 +754,7 @@ def _hammer(root: str, rounds: int, seed: int, conn) -> None:
 
 
 def test_two_processes_writing_one_entry_leave_one_valid_entry(tmp_path):
-    from e4e_lab.cache import TensorCache, key_of
+    from e4e_lab.io.cache import TensorCache, key_of
 
     ctx = mp.get_context("spawn")
     procs, pipes = [], []
@@ -780,7 +781,7 @@ def test_two_processes_writing_one_entry_leave_one_valid_entry(tmp_path):
 # =============================================================== outputs ====
 
 def test_save_run_refuses_an_existing_run_folder(tmp_path, reference_run):
-    from e4e_lab.outputs import OutputExistsError, check_output, save_run
+    from e4e_lab.io.outputs import OutputExistsError, check_output, save_run
 
     result, pair = reference_run
     out = tmp_path / "run"
@@ -909,8 +910,8 @@ def test_interrupted_inversion_leaves_the_cache_consistent(lab, images, referenc
 
 
 def test_nan_in_a_stored_inversion_is_reported_with_its_step(warm_lab, images):
-    from e4e_lab.inversion import InversionResult
-    from e4e_lab.transfer import run_transfer
+    from e4e_lab.method.inversion import InversionResult
+    from e4e_lab.method.transfer import run_transfer
 
     lab = warm_lab
     pair = _pair(lab, images)
@@ -1006,8 +1007,8 @@ def test_a_run_from_cached_inversions_equals_the_run_that_computed_them(referenc
 def test_a_busy_model_is_refused_at_once_or_waited_for(lab, images):
     """A transfer holds the model (Lab.transfer, Lab.invert); a non-blocking feature
     lookup in another thread gets ModelBusy at once, a blocking one waits for it."""
+    from e4e_lab.analysis.lookup import FeatureLookup
     from e4e_lab.errors import ModelBusy
-    from e4e_lab.explore import FeatureLookup
 
     pair = _pair(lab, images)
     held, release = threading.Event(), threading.Event()
@@ -1040,7 +1041,7 @@ def test_a_busy_model_is_refused_at_once_or_waited_for(lab, images):
 
 
 def test_safe_names_never_leave_their_folder():
-    from e4e_lab.outputs import safe_name
+    from e4e_lab.io.outputs import safe_name
 
     for text in ("..", ".", "../up", "a/b", "", " / ", "run 1: v", ".hidden"):
         name = safe_name(text)
@@ -1051,7 +1052,7 @@ def test_safe_names_never_leave_their_folder():
 @pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b'[{"appearance": 3, "structure": "s.png"}]',
                                      b'[{"appearance": "a.png"}]', b"[]"])
 def test_bad_pairs_json_is_a_config_error(tmp_path, content):
-    from e4e_lab.evaluate import read_pairs
+    from e4e_lab.evaluation.evaluate import read_pairs
 
     (tmp_path / "pairs.json").write_bytes(content)
     with pytest.raises(ConfigError, match="pairs"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from e4e_lab.images import load_mask
+from e4e_lab.method.masks import load_mask
 from e4e_lab.toy import world
 from e4e_lab.toy.examples import toy_world_info, write_examples
 

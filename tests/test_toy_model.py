@@ -29,8 +29,8 @@ def test_toy_model_is_sd15_shaped_and_says_what_it_is(toy):
 def test_a_transfer_on_a_toy_pair_runs_every_stage(toy, tmp_path):
     from pathlib import Path
 
-    from e4e_lab.config import TransferConfig
-    from e4e_lab.images import load_mask
+    from e4e_lab.method.config import TransferConfig
+    from e4e_lab.method.masks import load_mask
     from e4e_lab.session import Lab
 
     ex = Path(__file__).resolve().parents[1] / "example" / "toy"

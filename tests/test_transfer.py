@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from e4e_lab.adain import masked_adain, masked_stats
-from e4e_lab.attention import RunRecorder, injected_layers
-from e4e_lab.config import TransferConfig
 from e4e_lab.errors import MaskError, TransferCancelled
-from e4e_lab.latents import decode
-from e4e_lab.outputs import save_run
+from e4e_lab.io.outputs import save_run
+from e4e_lab.method.adain import masked_adain, masked_stats
+from e4e_lab.method.config import TransferConfig
+from e4e_lab.method.latents import decode
+from e4e_lab.method.layers import injected_layers
+from e4e_lab.method.recording import RunRecorder
 
 from conftest import SMALL
 
@@ -167,7 +168,7 @@ def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
 
 def test_masks_are_resized_once_per_grid(lab, images, fast_config, monkeypatch):
     """Matching masks are resized once per (mask, grid) for the whole run, not per call."""
-    from e4e_lab import attention
+    from e4e_lab.method import attention
 
     real, resized = attention.matching_mask, Counter()
 

@@ -11,11 +11,14 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("ipycanvas")
 
-from e4e_lab import explore  # noqa: E402
-from e4e_lab.attention import InjectionProcessor, injected_layers  # noqa: E402
-from e4e_lab.config import TransferConfig  # noqa: E402
-from e4e_lab.correspondence import nearest_neighbors  # noqa: E402
-from e4e_lab.images import box_mask, mask_at  # noqa: E402
+from e4e_lab.analysis.grids import cell_center, injected_grids, pixel_to_cell  # noqa: E402
+from e4e_lab.analysis.recording import transfer_with_features  # noqa: E402
+from e4e_lab.analysis.warps import unused_fraction, unused_reference, warped_reference  # noqa: E402
+from e4e_lab.method.attention import InjectionProcessor  # noqa: E402
+from e4e_lab.method.config import TransferConfig  # noqa: E402
+from e4e_lab.method.correspondence import nearest_neighbors  # noqa: E402
+from e4e_lab.method.layers import injected_layers  # noqa: E402
+from e4e_lab.method.masks import box_mask, mask_at  # noqa: E402
 from e4e_lab.models import BANNERS  # noqa: E402
 from e4e_lab.models.dift import dift_features  # noqa: E402
 
@@ -61,7 +64,7 @@ def runs(mlab, pair, cfg, finest):
     for mode in ("feature", "v"):
         c = cfg.replace(injection=mode, record_attention_layers=(finest,),
                         record_attention_steps=(3,))
-        out[mode] = explore.transfer_with_features(mlab, pair, c, feature_steps=(3,))
+        out[mode] = transfer_with_features(mlab, pair, c, feature_steps=(3,))
     return out
 
 
@@ -192,7 +195,7 @@ def test_pair_boxes_save_load_and_pair(mlab, pair, tmp_path):
     other.load(path)
     assert other.path.value == str(tmp_path / "mine.json")
     # the saved file is what the library reads
-    from e4e_lab.images import load_boxes, scale_boxes
+    from e4e_lab.io.formats import load_boxes, scale_boxes
 
     assert scale_boxes(load_boxes(path), (SIZE, SIZE))["struct.png"] == [10, 10, 50, 60]
 
@@ -203,7 +206,7 @@ def test_mask_editor_box_and_grids(mlab, pair):
     ed = MaskEditor(pair.structure, STRUCT_BOX, lab=mlab)  # no SAM checkpoint: box
     assert ed.source.value == "box"
     assert torch.equal(ed.mask, box_mask(STRUCT_BOX, (SIZE, SIZE)))
-    grids = explore.injected_grids(mlab.models, (SIZE, SIZE))
+    grids = injected_grids(mlab.models, (SIZE, SIZE))
     assert len(ed.grids.children) == 1 + len(grids)  # latent grid + each injected grid
     labels = [label for label, _, _ in ed.grid_masks()]
     assert labels[0].startswith("latent 8x8") and any(lbl.startswith("4x4") for lbl in labels)
@@ -267,13 +270,13 @@ def test_explorer_dift_heatmap_argmax_is_nearest_neighbor(mlab, pair, monkeypatc
     monkeypatch.setattr("e4e_lab.models.dift.dift_features", fail)
     for x, y in [(3, 3), (20, 33), (40, 12), (60, 61), (31.5, 47)]:
         match = ex.select(x, y)
-        cell = explore.pixel_to_cell(x, y, (SIZE, SIZE), grid)
+        cell = pixel_to_cell(x, y, (SIZE, SIZE), grid)
         assert ex.cell == cell
         assert match == int(nn_ref_masked[cell])
         heat = ex.heat.flatten().masked_fill(rm == 0, float("-inf"))
         assert int(heat.argmax()) == match
         assert ex.heat.shape == grid
-        assert ex.match_xy == explore.cell_center(match, grid, (SIZE, SIZE))
+        assert ex.match_xy == cell_center(match, grid, (SIZE, SIZE))
         assert "best match" in ex.info.value
     # the warped-reference field is the transfer's masked matching
     assert torch.equal(ex.field.index, nn_both)
@@ -311,7 +314,7 @@ def test_explorer_recorded_matches(mlab, pair, runs, finest):
     rm = mask_at(pair.appearance_mask, grid).flatten()
     inside = [k for k in range(tm.numel()) if tm[k] > 0]
     for cell in inside[:: max(1, len(inside) // 6)]:
-        x, y = explore.cell_center(cell, grid, (SIZE, SIZE))
+        x, y = cell_center(cell, grid, (SIZE, SIZE))
         match = ex.select(x, y)
         assert match == int(fld.index[cell]) >= 0
         # the heatmap from the recorded features explains the recorded match
@@ -319,10 +322,10 @@ def test_explorer_recorded_matches(mlab, pair, runs, finest):
         assert int(heat.argmax()) == match
     # outside the target mask: no match (background keeps its own features)
     outside = next(k for k in range(tm.numel()) if tm[k] == 0)
-    assert ex.select(*explore.cell_center(outside, grid, (SIZE, SIZE))) == -1
+    assert ex.select(*cell_center(outside, grid, (SIZE, SIZE))) == -1
     # a step recorded without features: the match only
     ex.use_recorded(finest, 4)
-    x, y = explore.cell_center(inside[0], grid, (SIZE, SIZE))
+    x, y = cell_center(inside[0], grid, (SIZE, SIZE))
     assert ex.select(x, y) == int(rec.matches[(finest, 4)].index[inside[0]])
     assert ex.heat is None and ex.heat_overlay() is not None
 
@@ -334,7 +337,7 @@ def test_attention_viewer_feature_vs_v(mlab, pair, runs, finest):
     assert viewer.layer.value == finest and viewer.step.value == 3
     grid = viewer.grid
     viewer.select(30, 40)
-    cell = explore.pixel_to_cell(30, 40, (SIZE, SIZE), grid)
+    cell = pixel_to_cell(30, 40, (SIZE, SIZE), grid)
     assert viewer.query_cell == cell
     for label, res in runs.items():
         probs = res.recorder.attention[(finest, 3)]["output"]
@@ -450,16 +453,16 @@ def test_click_benchmark_runs_small(_offline_env, capsys):
 
 
 def test_explore_cells_and_patch_warp(pair):
-    from e4e_lab.correspondence import CorrespondenceField
+    from e4e_lab.method.correspondence import CorrespondenceField
 
-    assert explore.pixel_to_cell(0, 0, (64, 64), (8, 8)) == 0
-    assert explore.pixel_to_cell(63.9, 8, (64, 64), (8, 8)) == 15
-    assert explore.pixel_to_cell(500, 500, (64, 64), (8, 8)) == 63  # clamped
-    assert explore.cell_center(9, (8, 8), (64, 64)) == (12.0, 12.0)
+    assert pixel_to_cell(0, 0, (64, 64), (8, 8)) == 0
+    assert pixel_to_cell(63.9, 8, (64, 64), (8, 8)) == 15
+    assert pixel_to_cell(500, 500, (64, 64), (8, 8)) == 63  # clamped
+    assert cell_center(9, (8, 8), (64, 64)) == (12.0, 12.0)
     identity = CorrespondenceField(torch.arange(64), torch.ones(64), (8, 8), (8, 8))
-    assert torch.equal(explore.warped_reference(identity, pair), pair.appearance.pixels)
+    assert torch.equal(warped_reference(identity, pair), pair.appearance.pixels)
     none = CorrespondenceField(torch.full((64,), -1), torch.zeros(64), (8, 8), (8, 8))
-    assert torch.equal(explore.warped_reference(none, pair), pair.structure.pixels)
+    assert torch.equal(warped_reference(none, pair), pair.structure.pixels)
     cells = mask_at(pair.appearance_mask, (8, 8))  # every reference cell in the mask is unused
-    assert explore.unused_reference(none, pair).sum() == cells.sum() * (SIZE // 8) ** 2
-    assert explore.unused_fraction(identity, pair.appearance_mask) == 0.0
+    assert unused_reference(none, pair).sum() == cells.sum() * (SIZE // 8) ** 2
+    assert unused_fraction(identity, pair.appearance_mask) == 0.0

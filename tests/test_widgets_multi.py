@@ -13,13 +13,15 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("ipycanvas")
 
-from e4e_lab import evaluate  # noqa: E402
-from e4e_lab.baselines import paint_by_example  # noqa: E402
-from e4e_lab.config import TransferConfig  # noqa: E402
+from e4e_lab.analysis.parts import pair_parts  # noqa: E402
 from e4e_lab.errors import BoxError, ConfigError  # noqa: E402
-from e4e_lab.images import LoadedImage, box_mask, load_boxes  # noqa: E402
+from e4e_lab.evaluation import evaluate  # noqa: E402
+from e4e_lab.evaluation.baselines import paint_by_example  # noqa: E402
+from e4e_lab.io.formats import load_boxes  # noqa: E402
+from e4e_lab.method.config import TransferConfig  # noqa: E402
+from e4e_lab.method.images import LoadedImage  # noqa: E402
+from e4e_lab.method.masks import box_mask  # noqa: E402
 from e4e_lab.models import BANNERS  # noqa: E402
-from e4e_lab.parts import pair_parts  # noqa: E402
 
 import widgets  # noqa: E402
 from widgets import (BoxDrawer, ComparisonGrid, ExtraBox, MultiBoxDrawer,  # noqa: E402
@@ -156,7 +158,7 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
 
 
 def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
-    from e4e_lab.images import load_object_pairs
+    from e4e_lab.io.formats import load_object_pairs
 
     structure, cat, cup = imgs
     d = MultiBoxDrawer(mlab, structure, [cat, cup], pairs=EX / "multi_pairs.json")

@@ -16,7 +16,9 @@ from typing import Mapping, Sequence
 import ipywidgets as W
 import torch
 
-from e4e_lab import explore
+from e4e_lab.analysis.attention_maps import (ATTENTION_BRANCHES, attention_entropy,
+                                             attention_map, key_layout, query_layout)
+from e4e_lab.analysis.grids import cell_center, pixel_to_cell, short_layer_name
 
 from . import render
 from .canvas import ImageCanvas, hold_canvas
@@ -62,11 +64,11 @@ class AttentionViewer(LabWidget):
         keys = list(first.attention)
         layers = list(dict.fromkeys(layer for layer, _ in keys))
         self.layer = W.Dropdown(
-            options=[(f"{explore.short_layer_name(n)} ({first.grids[n][0]}x{first.grids[n][1]})",
+            options=[(f"{short_layer_name(n)} ({first.grids[n][0]}x{first.grids[n][1]})",
                       n) for n in layers], description="layer")
         self.step = W.Dropdown(options=[], description="step")
         self.head = W.Dropdown(options=[("mean", MEAN)], value=MEAN, description="head")
-        branches = [b for b in explore.ATTENTION_BRANCHES if b in first.attention[keys[0]]]
+        branches = [b for b in ATTENTION_BRANCHES if b in first.attention[keys[0]]]
         self.branch = W.Dropdown(options=branches, value="output", description="branch")
         self.opacity = W.FloatSlider(value=opacity, min=0, max=1, step=0.05,
                                      description="opacity")
@@ -156,11 +158,11 @@ class AttentionViewer(LabWidget):
         if self._quiet:
             return
         branch = self.branch.value
-        self._show(self.query_view, explore.query_layout(branch))
+        self._show(self.query_view, query_layout(branch))
         self.maps.clear()
         self.peaks.clear()
         if self.query is not None and self.layer.value is not None:
-            self.query_cell = explore.pixel_to_cell(*self.query, self.size, self.grid)
+            self.query_cell = pixel_to_cell(*self.query, self.size, self.grid)
         with hold_canvas():
             self.query_view.clear_marks()
             if self.query is not None:
@@ -178,7 +180,7 @@ class AttentionViewer(LabWidget):
 
     def _draw_key(self, label: str, view: ImageCanvas, branch: str) -> None:
         res = self.results[label]
-        layout = explore.key_layout(res.config.injection, branch)
+        layout = key_layout(res.config.injection, branch)
         self._show(view, layout)
         view.clear_marks()
         probs = self.probs(label)
@@ -188,16 +190,16 @@ class AttentionViewer(LabWidget):
             self.captions[label].value = ("<i>not recorded at this layer/step/branch</i>"
                                           if probs is None else "")
             return
-        amap = explore.attention_map(probs, self.query_cell, self.grid, self.head_index)
+        amap = attention_map(probs, self.query_cell, self.grid, self.head_index)
         self.maps[label] = amap
         peak = int(amap.flatten().argmax())
         self.peaks[label] = peak
         view.set_overlay(render.heat_rgba(amap, self.opacity.value, vmin=0.0))
-        view.mark_point(*explore.cell_center(peak, self.grid, self.size), render.MATCH_COLOR,
+        view.mark_point(*cell_center(peak, self.grid, self.size), render.MATCH_COLOR,
                         radius=4, cross=True)
-        if layout == explore.query_layout(branch):
+        if layout == query_layout(branch):
             view.mark_point(*self.query, render.TARGET_COLOR, radius=3)
-        ent = explore.attention_entropy(amap)
+        ent = attention_entropy(amap)
         uniform = float(torch.log(torch.tensor(float(amap.numel()))))
         pr, pc = divmod(peak, self.grid[1])
         self.captions[label].value = (

@@ -22,7 +22,8 @@ from typing import Callable, Hashable
 import ipywidgets as W
 
 from e4e_lab.errors import BoxError
-from e4e_lab.images import LoadedImage, load_boxes, lookup_box, parse_box, save_boxes, scale_boxes
+from e4e_lab.io.formats import load_boxes, lookup_box, parse_box, save_boxes, scale_boxes
+from e4e_lab.method.images import LoadedImage
 
 from . import render
 from .canvas import ImageCanvas, hold_canvas

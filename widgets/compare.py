@@ -1,10 +1,10 @@
 """Comparison grid: several methods on one pair, same cached inversions and seed, scored.
 
 Eye-for-an-eye (feature / V / KV injection), Cross-Image Attention and Paint-by-Example
-run through :func:`e4e_lab.evaluate.compare_methods` in a background thread (the notebook
+run through :func:`e4e_lab.evaluation.evaluate.compare_methods` in a background thread (the notebook
 stays responsive; **Stop** ends the run between two methods or two denoising steps). The
 grid shows structure, appearance and each method's result as it arrives, with its time
-and the weights-free scores of :func:`e4e_lab.evaluate.score`; the best value of each
+and the weights-free scores of :func:`e4e_lab.evaluation.evaluate.score`; the best value of each
 score is in bold.
 """
 
@@ -14,10 +14,10 @@ import html
 
 import ipywidgets as W
 
-from e4e_lab.config import TransferConfig
-from e4e_lab.evaluate import (ALL_METHODS, HIGHER_IS_BETTER, METHOD_LABELS, PAINT_BY_EXAMPLE,
-                              PAIR_LEVEL_SCORES, MethodResult, best_methods, compare_methods,
-                              load_baseline)
+from e4e_lab.evaluation.evaluate import (ALL_METHODS, HIGHER_IS_BETTER, METHOD_LABELS,
+                                         PAINT_BY_EXAMPLE, PAIR_LEVEL_SCORES, MethodResult,
+                                         best_methods, compare_methods, load_baseline)
+from e4e_lab.method.config import TransferConfig
 
 from . import render
 from .background import BackgroundRun
@@ -170,4 +170,4 @@ class ComparisonGrid(BackgroundRun, LabWidget):
                         + "</tr>")
         return (f"<table><tr><th>method</th><th style='padding:0 6px'>seconds</th>{head}</tr>"
                 f"{''.join(rows)}</table><small>&uarr; higher is better, &darr; lower is better "
-                "(e4e_lab/metrics.py)</small>")
+                "(e4e_lab/analysis/metrics.py)</small>")

@@ -5,9 +5,9 @@ Sources:
 - ``dift``: DIFT features of both images (block, timestep and ensemble size chosen
   with sliders, computed when "Compute" is pressed and cached per setting);
 - ``recorded``: the matches a transfer used at one injected layer and step (a result
-  from :func:`e4e_lab.explore.transfer_with_features` also carries the features, so the
-  heatmap that explains each match is shown too);
-- ``given``: any precomputed :class:`~e4e_lab.explore.FeatureLookup`.
+  from :func:`e4e_lab.analysis.recording.transfer_with_features` also carries the
+  features, so the heatmap that explains each match is shown too);
+- ``given``: any precomputed :class:`~e4e_lab.analysis.lookup.FeatureLookup`.
 
 A click costs one matrix-vector product over precomputed unit-normalised features plus
 the colour mapping; features are never recomputed by a click. Below the pair, the
@@ -23,9 +23,11 @@ import time
 import ipywidgets as W
 import torch
 
-from e4e_lab import explore
+from e4e_lab.analysis.grids import cell_center, cell_rect, pixel_to_cell, short_layer_name
+from e4e_lab.analysis.lookup import FeatureLookup
+from e4e_lab.analysis.recording import recorded_layers, recorded_steps
+from e4e_lab.analysis.warps import unused_fraction, unused_reference, warped_reference
 from e4e_lab.errors import ModelBusy
-from e4e_lab.explore import FeatureLookup
 
 from . import render
 from .canvas import ImageCanvas, hold_canvas
@@ -78,10 +80,10 @@ class CorrespondenceExplorer(LabWidget):
                                     continuous_update=False)
         self.compute_button = W.Button(description="Compute features", icon="cogs")
         self.compute_button.on_click(lambda _: self.compute_dift())
-        layers = explore.recorded_layers(self.recorder) if self.recorder else []
+        layers = recorded_layers(self.recorder) if self.recorder else []
         grids = getattr(self.recorder, "grids", {})
         self.layer = W.Dropdown(
-            options=[(f"{explore.short_layer_name(n)} ({grids.get(n, ('?', '?'))[0]}x"
+            options=[(f"{short_layer_name(n)} ({grids.get(n, ('?', '?'))[0]}x"
                       f"{grids.get(n, ('?', '?'))[1]})", n) for n in layers],
             description="layer")
         self.step = W.Dropdown(options=[], description="step")
@@ -165,7 +167,7 @@ class CorrespondenceExplorer(LabWidget):
         return self.dift_cache[key]
 
     def _on_layer(self, _change) -> None:
-        steps = explore.recorded_steps(self.recorder, self.layer.value) if self.layer.value else []
+        steps = recorded_steps(self.recorder, self.layer.value) if self.layer.value else []
         with_features = set()
         if hasattr(self.recorder, "features"):
             with_features = {s for (lay, s) in self.recorder.features if lay == self.layer.value}
@@ -219,7 +221,7 @@ class CorrespondenceExplorer(LabWidget):
         elif self.field is not None:
             self.status.value = status_html(
                 "recorded match only (no features at this step: record them with "
-                "e4e_lab.explore.transfer_with_features)", "info")
+                "e4e_lab.analysis.recording.transfer_with_features)", "info")
         self.draw_field_views()
         if self.selected is not None:
             self.select(*self.selected)
@@ -246,7 +248,7 @@ class CorrespondenceExplorer(LabWidget):
         if grid is None:
             self._redraw()
             return None
-        self.cell = explore.pixel_to_cell(x, y, self.size, grid)
+        self.cell = pixel_to_cell(x, y, self.size, grid)
         if self.lookup is not None:
             self.heat = self.lookup.heatmap(self.cell)
             if self.source.value == "recorded" and self.field is not None:
@@ -277,7 +279,7 @@ class CorrespondenceExplorer(LabWidget):
     def match_xy(self) -> tuple[float, float] | None:
         if self.match is None or self.match < 0:
             return None
-        return explore.cell_center(self.match, self.ref_grid, self.pair.appearance.size)
+        return cell_center(self.match, self.ref_grid, self.pair.appearance.size)
 
     # -------------------------------------------------------------- drawing --
     def heat_overlay(self):
@@ -302,7 +304,7 @@ class CorrespondenceExplorer(LabWidget):
                 self.info.value = "<i>click a target pixel</i>"
                 return
             tg = self.target_grid
-            self.target_view.mark_box(explore.cell_rect(self.cell, tg, self.size),
+            self.target_view.mark_box(cell_rect(self.cell, tg, self.size),
                                       render.TARGET_COLOR, width=1)
             self.target_view.mark_point(*self.selected, render.TARGET_COLOR, radius=4)
             if self.match_xy is not None:
@@ -327,13 +329,13 @@ class CorrespondenceExplorer(LabWidget):
         width = self.warped_image.layout.width
         size = int(width.rstrip("px")) if width else 192
         shape = render.display_shape(self.size, size)
-        warped = render.to_uint8(explore.warped_reference(self.field, self.pair))
+        warped = render.to_uint8(warped_reference(self.field, self.pair))
         set_image(self.warped_image, render.resize_nearest(warped, *shape))
-        unused = explore.unused_reference(self.field, self.pair)
+        unused = unused_reference(self.field, self.pair)
         ref = render.composite(self.pair.appearance.to_uint8(),
                                render.mask_rgba(unused, render.UNUSED_COLOR, 0.6))
         set_image(self.unused_image, render.resize_nearest(ref, *shape))
-        self.unused_fraction = explore.unused_fraction(self.field, self.pair.appearance_mask)
+        self.unused_fraction = unused_fraction(self.field, self.pair.appearance_mask)
 
     def describe(self) -> str:
         return html.unescape(self.info.value)

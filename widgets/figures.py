@@ -13,8 +13,12 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
-from e4e_lab import explore
-from e4e_lab.latents import decode
+from e4e_lab.analysis.attention_maps import attention_entropy, attention_map, key_layout
+from e4e_lab.analysis.grids import cell_center, layer_masks, pixel_to_cell, short_layer_name
+from e4e_lab.analysis.recording import match_changes as layer_match_changes
+from e4e_lab.analysis.recording import recorded_layers
+from e4e_lab.analysis.warps import warped_reference
+from e4e_lab.method.latents import decode
 
 from . import render
 from .common import banner_colour, banner_text
@@ -85,7 +89,7 @@ def masks_at_resolutions(lab, pair):
     for img, mask in ((pair.appearance, pair.appearance_mask),
                       (pair.structure, pair.structure_mask)):
         rows.append((img, [(f"{img.size[1]}x{img.size[0]} image", mask)]
-                     + [(label, m) for label, _, m in explore.layer_masks(lab.models, mask)]))
+                     + [(label, m) for label, _, m in layer_masks(lab.models, mask)]))
     ncols = len(rows[0][1])
     fig, axes = _axes(ncols * 2, ncols, size=2.2)
     for r, (img, items) in enumerate(rows):
@@ -108,7 +112,7 @@ def inversion_trajectory(lab, inversion, count: int = 6, vae: bool = True):
 
 
 def _fast(latent):
-    from e4e_lab.latents import fast_preview
+    from e4e_lab.method.latents import fast_preview
 
     return fast_preview(latent)
 
@@ -118,7 +122,7 @@ def dift_heatmaps(lookup, pair, points: Sequence[tuple[float, float]], lab=None)
     fig, axes = _axes(2 * len(points), 2, size=2.4, rows=len(points))
     t_arr, r_arr = pair.structure.to_uint8(), pair.appearance.to_uint8()
     for i, (x, y) in enumerate(points):
-        cell = explore.pixel_to_cell(x, y, pair.structure.size, lookup.target_grid)
+        cell = pixel_to_cell(x, y, pair.structure.size, lookup.target_grid)
         heat = lookup.heatmap(cell)
         best, score = lookup.best_match(cell)
         axes[i, 0].imshow(t_arr)
@@ -128,7 +132,7 @@ def dift_heatmaps(lookup, pair, points: Sequence[tuple[float, float]], lab=None)
         axes[i, 1].imshow(render.composite(r_arr, render.heat_rgba(heat, 0.65, valid)),
                           interpolation="nearest")
         if best >= 0:
-            bx, by = explore.cell_center(best, lookup.ref_grid, pair.appearance.size)
+            bx, by = cell_center(best, lookup.ref_grid, pair.appearance.size)
             axes[i, 1].plot([bx], [by], "x", color=render.css(render.MATCH_COLOR), ms=10, mew=3)
         axes[i, 1].set_title(f"best match cosine {score:.2f}", fontsize=8)
     return _stamp(fig, lab, lookup.source)
@@ -137,7 +141,7 @@ def dift_heatmaps(lookup, pair, points: Sequence[tuple[float, float]], lab=None)
 def matches_over_steps(recorder, pair, lab=None, layers: Sequence[str] | None = None,
                        steps: Sequence[int] | None = None, max_steps: int = 5):
     """Warped reference per (layer, step): how the correspondence settles."""
-    layers = list(layers or explore.recorded_layers(recorder))
+    layers = list(layers or recorded_layers(recorder))
     all_steps = sorted({s for _, s in recorder.matches})
     if steps is None:
         idx = np.linspace(0, len(all_steps) - 1, min(max_steps, len(all_steps))).round()
@@ -148,10 +152,10 @@ def matches_over_steps(recorder, pair, lab=None, layers: Sequence[str] | None = 
             fld = recorder.matches.get((layer, step))
             if fld is None:
                 continue
-            axes[r, c].imshow(render.to_uint8(explore.warped_reference(fld, pair)),
+            axes[r, c].imshow(render.to_uint8(warped_reference(fld, pair)),
                               interpolation="nearest")
             g = fld.target_shape
-            axes[r, c].set_title(f"{explore.short_layer_name(layer)} {g[0]}x{g[1]}, step {step}",
+            axes[r, c].set_title(f"{short_layer_name(layer)} {g[0]}x{g[1]}, step {step}",
                                  fontsize=7)
     return _stamp(fig, lab, "warped reference through the recorded matches")
 
@@ -159,12 +163,12 @@ def matches_over_steps(recorder, pair, lab=None, layers: Sequence[str] | None = 
 def match_changes(recorder, lab=None):
     """Per layer: fraction of matches that change from one recorded step to the next."""
     fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
-    for layer in explore.recorded_layers(recorder):
-        ch = explore.match_changes(recorder, layer)
+    for layer in recorded_layers(recorder):
+        ch = layer_match_changes(recorder, layer)
         if ch:
             g = recorder.grids.get(layer, ("?", "?"))
             ax.plot([s for s, _ in ch], [f for _, f in ch], marker=".",
-                    label=f"{explore.short_layer_name(layer)} ({g[0]}x{g[1]})")
+                    label=f"{short_layer_name(layer)} ({g[0]}x{g[1]})")
     ax.set_xlabel("denoising step i")
     ax.set_ylabel("matches changed")
     ax.set_ylim(0, 1)
@@ -184,14 +188,14 @@ def attention_comparison(results: dict, pair, layer: str, step: int,
     for i, (label, res) in enumerate(results.items(), start=1):
         probs = res.recorder.attention[(layer, step)][branch]
         grid = res.recorder.grids[layer]
-        amap = explore.attention_map(probs, explore.pixel_to_cell(*query, size, grid), grid)
-        layout = explore.key_layout(res.config.injection, branch)
+        amap = attention_map(probs, pixel_to_cell(*query, size, grid), grid)
+        layout = key_layout(res.config.injection, branch)
         base = (pair.appearance if layout == "appearance" else pair.structure).to_uint8()
         axes[0, i].imshow(render.composite(base, render.heat_rgba(amap, 0.7, vmin=0.0)),
                           interpolation="nearest")
-        axes[0, i].set_title(f"{label}: entropy {explore.attention_entropy(amap):.2f}",
+        axes[0, i].set_title(f"{label}: entropy {attention_entropy(amap):.2f}",
                              fontsize=8)
-    return _stamp(fig, lab, f"{explore.short_layer_name(layer)}, step {step}, {branch} branch")
+    return _stamp(fig, lab, f"{short_layer_name(layer)}, step {step}, {branch} branch")
 
 
 def adain_before_after(lab, demo, x_mask, ref_mask):

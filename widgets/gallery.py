@@ -9,9 +9,9 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from e4e_lab import explore
+from e4e_lab.analysis.config_diff import config_diff
 from e4e_lab.errors import E4ELabError
-from e4e_lab.outputs import safe_name, save_run
+from e4e_lab.io.outputs import safe_name, save_run
 
 from . import render
 from .common import LabWidget, captioned, image_widget, status_html
@@ -92,7 +92,7 @@ class RunGallery(LabWidget):
         runs = [self.runs[i] for i in (range(len(self.runs)) if indices is None else indices)]
         if not runs:
             return "<i>no runs yet: press Run in the transfer panel</i>"
-        differ = set(explore.config_diff([r.config for r in runs]))
+        differ = set(config_diff([r.config for r in runs]))
         if len({r.masked for r in runs}) > 1:
             differ.add("mask")
         cols = ["name"] + list(runs[0].params())
@@ -130,7 +130,7 @@ class RunGallery(LabWidget):
             self.status.value = status_html("select one or more runs to compare", "warn")
             return []
         panels = []
-        differ = explore.config_diff([self.runs[i].config for i in idx]) if len(idx) > 1 else {}
+        differ = config_diff([self.runs[i].config for i in idx]) if len(idx) > 1 else {}
         for i in idx:
             rec = self.runs[i]
             img = render.to_uint8(rec.result.image)

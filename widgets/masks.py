@@ -12,9 +12,10 @@ from typing import Callable
 import ipywidgets as W
 import torch
 
-from e4e_lab import explore
+from e4e_lab.analysis.grids import layer_masks
 from e4e_lab.errors import E4ELabError, ModelUnavailableError
-from e4e_lab.images import LoadedImage
+from e4e_lab.method.images import LoadedImage
+from e4e_lab.method.masks import object_mask
 
 from . import render
 from .canvas import ImageCanvas, hold_canvas
@@ -106,13 +107,13 @@ class MaskEditor(LabWidget):
         """Recompute the mask from the source, box and clicks, and redraw."""
         source = self.source.value
         if source == "sam" and self.masker is None:
-            self.mask = explore.object_mask(self.image, self.box, "box")
+            self.mask = object_mask(self.image, self.box, "box")
             self.status.value = status_html(
                 "SAM-HQ checkpoint not found: the mask is the box (pass sam_checkpoint= to "
                 "Lab, or a masker= here)", "warn")
         else:
             try:
-                self.mask = explore.object_mask(self.image, self.box, source, self.masker,
+                self.mask = object_mask(self.image, self.box, source, self.masker,
                                                 self.points, self.labels)
             except (E4ELabError, ValueError) as exc:
                 self.status.value = status_html(str(exc), "error")
@@ -142,7 +143,7 @@ class MaskEditor(LabWidget):
                                      render.BACKGROUND_COLOR, radius=5)
 
     def grid_masks(self) -> list[tuple[str, tuple[int, int], torch.Tensor]]:
-        return [] if self.models is None else explore.layer_masks(self.models, self.mask)
+        return [] if self.models is None else layer_masks(self.models, self.mask)
 
     def draw_grids(self) -> None:
         items = []

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from e4e_lab.cache import atomic_write_text
 from e4e_lab.errors import BoxError
-from e4e_lab.images import (Box, LoadedImage, load_object_pairs, object_pairs, parse_box,
-                            scale_boxes)
+from e4e_lab.io.cache import atomic_write_text
+from e4e_lab.io.formats import Box, load_object_pairs, object_pairs, parse_box, scale_boxes
+from e4e_lab.method.images import LoadedImage
 
 from . import render
 from .boxes import BoxDrawer, ExtraBox, file_row

@@ -1,7 +1,7 @@
 """Part explorer: which target part takes its colours from which reference part?
 
 The DIFT features of both images are clustered *together* into k parts
-(:func:`e4e_lab.parts.pair_parts`), so one colour means one cluster on both images. The
+(:func:`e4e_lab.analysis.parts.pair_parts`), so one colour means one cluster on both images. The
 k x k confusion matrix counts, for the target positions of each part (rows), the
 reference part their match lies in (columns) under the correspondence field: a strong
 diagonal means parts take colour from the same part (the wing from the wing). Changing
@@ -16,11 +16,11 @@ import html
 import ipywidgets as W
 import torch
 
-from e4e_lab.config import TransferConfig
+from e4e_lab.analysis.grids import pixel_to_cell
+from e4e_lab.analysis.parts import PairFeatures, PairParts, pair_features, pair_parts
 from e4e_lab.errors import ConfigError
 from e4e_lab.errors import ModelBusy
-from e4e_lab.explore import pixel_to_cell
-from e4e_lab.parts import PairFeatures, PairParts, pair_features, pair_parts
+from e4e_lab.method.config import TransferConfig
 
 from . import render
 from .canvas import ImageCanvas

@@ -15,10 +15,11 @@ from typing import Callable
 
 import ipywidgets as W
 
-from e4e_lab.config import CORRESPONDENCE_SOURCES, FREEU_MODES, INJECTION_MODES, TransferConfig
 from e4e_lab.errors import E4ELabError, TransferCancelled
-from e4e_lab.images import full_mask
-from e4e_lab.latents import decode, fast_preview
+from e4e_lab.method.config import (CORRESPONDENCE_SOURCES, FREEU_MODES, INJECTION_MODES,
+                                   TransferConfig)
+from e4e_lab.method.latents import decode, fast_preview
+from e4e_lab.method.masks import full_mask
 
 from . import render
 from .background import BackgroundRun

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..correspondence import CorrespondenceField, normalize_rows
-from ..images import LoadedImage
-from ..latents import encode
-from ..seeding import image_generator
+from ..method.correspondence import CorrespondenceField, normalize_rows
+from ..method.images import LoadedImage
+from ..method.latents import encode
+from ..method.seeding import image_generator
 from .freeu import freeu
 from .loading import Models
 

@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from ..config import FREEU_MODES, FreeUConfig
+from ..method.config import FREEU_MODES, FreeUConfig
 
 
 def low_frequency_scale(x: torch.Tensor, scale: float, threshold: int = 1) -> torch.Tensor:
@@ -70,7 +70,7 @@ def _pre_hook(b: float, s: float):
 @contextlib.contextmanager
 def freeu(unet, mode: str = "reference", factors: FreeUConfig | None = None):
     """FreeU on ``unet`` for the duration of the block: ``mode`` is one of
-    :data:`~e4e_lab.config.FREEU_MODES`. The UNet is restored on exit."""
+    :data:`~e4e_lab.method.config.FREEU_MODES`. The UNet is restored on exit."""
     if mode not in FREEU_MODES:
         raise ValueError(f"FreeU mode {mode!r} is unknown: use one of {', '.join(FREEU_MODES)}")
     factors = factors or FreeUConfig()

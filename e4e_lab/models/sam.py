@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import ModelUnavailableError
-from ..images import Box, LoadedImage
+from ..io.formats import Box
+from ..method.images import LoadedImage
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _registry():
 
 def find_checkpoint(path: str | os.PathLike | None = None) -> Path | None:
     """An explicit path, else ``$E4E_SAM_CHECKPOINT``, else ``sam_hq_vit_l.pth`` in the cache."""
-    from .tiny import cache_root
+    from ..io.paths import cache_root
 
     candidates = [path] if path else [os.environ.get("E4E_SAM_CHECKPOINT"),
                                       cache_root() / "models" / DEFAULT_CHECKPOINT]

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ..io.paths import cache_root
+
 log = logging.getLogger(__name__)
 
 TINY_VERSION = "tiny-sd-v1"
@@ -36,15 +38,6 @@ SD15_SCHEDULER = dict(
     timestep_spacing="leading",
 )
 _VOCAB_SIZE = 49408
-
-
-def cache_root() -> Path:
-    """Root of e4e-lab's caches: ``$E4E_LAB_CACHE`` or ``$XDG_CACHE_HOME/e4e-lab``."""
-    env = os.environ.get("E4E_LAB_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "e4e-lab"
 
 
 def clip_bpe_path() -> Path:

@@ -21,7 +21,7 @@ exactly instead of through proxy metrics:
   structure's keypoints into the appearance, with the object-box normaliser.
 
 :func:`evaluate_toy` runs a list of methods (injection modes of
-:class:`~e4e_lab.config.TransferConfig`) over N held-out pairs on one
+:class:`~e4e_lab.method.config.TransferConfig`) over N held-out pairs on one
 :class:`~e4e_lab.session.Lab` and returns a :class:`ToyQuality` with per-pair rows and
 per-method summaries. ``benchmarks/quality_toy.py`` is its command line.
 
@@ -43,13 +43,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TransferConfig
-from ..images import to_uint8
+from ..method.config import TransferConfig
+from ..method.images import to_uint8
 from . import world
 
 log = logging.getLogger(__name__)
 
-#: Injection modes measured by default (all of :data:`e4e_lab.config.INJECTION_MODES`).
+#: Injection modes measured by default (all of :data:`e4e_lab.method.config.INJECTION_MODES`).
 DEFAULT_METHODS: tuple[str, ...] = ("feature", "v", "kv", "cross-image", "none")
 PAINT_BY_EXAMPLE = "paint-by-example"
 #: Why Paint-by-Example is listed but not measured: its only offline instance is the
@@ -517,7 +517,7 @@ def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
 
 
 def scaled_config(steps: int = 100, **changes) -> TransferConfig:
-    """The default :class:`~e4e_lab.config.TransferConfig` with its step thresholds
+    """The default :class:`~e4e_lab.method.config.TransferConfig` with its step thresholds
     scaled from the 100-step defaults to ``steps`` (the same proportions), plus
     ``changes``."""
     if steps == 100:
@@ -533,7 +533,7 @@ def scaled_config(steps: int = 100, **changes) -> TransferConfig:
 def vae_psnr(models, image) -> float:
     """PSNR (dB) of the model's VAE encode + decode of one :class:`LoadedImage`: what
     the latent space loses before any transfer (a ceiling on background PSNR)."""
-    from ..latents import decode, encode
+    from ..method.latents import decode, encode
 
     with models.in_use():
         recon = decode(models, encode(models, [image]))[0].cpu()

@@ -2,7 +2,7 @@
 
 1. Encode the image: ``x_0`` = VAE mode x scaling factor.
 2. Draw every ``x_t`` independently from ``q(x_t | x_0)``, each image from its own
-   stream seeded by (run seed, image digest) (:mod:`e4e_lab.seeding`): the two images
+   stream seeded by (run seed, image digest) (:mod:`e4e_lab.method.seeding`): the two images
    of a pair get independent noise, as in the published code.
 3. Predict the noise at every ``x_t`` with classifier-free guidance. Each prediction
    only needs its own ``x_t``, so all timesteps (and several images, and both CFG
@@ -28,14 +28,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import DeviceOutOfMemoryError
+from ..io.cache import TensorCache, key_of
+from ..models.freeu import freeu
+from ..models.loading import Models
 from . import schedule
-from .cache import TensorCache, key_of
 from .config import InversionConfig
-from .errors import DeviceOutOfMemoryError
 from .images import LoadedImage
 from .latents import encode
-from .models.freeu import freeu
-from .models.loading import Models
 from .seeding import image_generator
 
 log = logging.getLogger(__name__)

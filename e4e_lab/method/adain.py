@@ -8,7 +8,7 @@ mask and re-scaled with the appearance latent's statistics inside the reference 
 
 As published, the statistics masks are the cells where the resized masks equal 1 and
 ``W`` is the soft (bilinear) target mask, so edge cells are blended partially
-(:func:`e4e_lab.images.adain_masks`); by default ``W`` is the statistics mask itself.
+(:func:`e4e_lab.method.masks.adain_masks`); by default ``W`` is the statistics mask itself.
 
 Statistics are computed in float32. A mask with fewer than two pixels has no defined
 unbiased variance: the latent is returned unchanged (the Cross-Image Attention code

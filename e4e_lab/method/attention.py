@@ -1,14 +1,16 @@
-"""Stage 4a-4d: the attention processor that rearranges features before self-attention.
+"""Stage 4a-4d: the attention processors that rearrange features before self-attention.
 
 Installed with diffusers' ``set_attn_processor`` on the decoder self-attention layers
-of the two finest resolutions only (for SD 1.5 at 512 px: 32x32 and 64x64, three
-layers each). Every other layer keeps diffusers' ``AttnProcessor2_0``.
+of the two finest resolutions only (:mod:`e4e_lab.method.layers`; for SD 1.5 at 512 px:
+32x32 and 64x64, three layers each). Every other layer keeps diffusers'
+``AttnProcessor2_0``.
 
 At an active step, a layer sees the normalised hidden states of the whole batch
-(see :class:`BatchLayout`). For the injected output row it
+(:class:`~e4e_lab.method.layers.BatchLayout`). For the injected output row it
 
 - matches output positions to appearance positions (cosine nearest neighbour inside
-  the masks, or a precomputed DIFT field resized to this grid), then
+  the masks, or a precomputed DIFT field resized to this grid:
+  :class:`~e4e_lab.method.regions.InjectionState`), then
 - ``feature``: replaces the output's attention input by the matched appearance
   features (Q, K and V all come from the rearranged features);
 - ``v``: keeps Q and K, replaces V by the appearance V at the matched positions;
@@ -20,262 +22,27 @@ At an active step, a layer sees the normalised hidden states of the whole batch
 
 Background positions (outside the target mask) keep their own features. Attention is
 computed with SDPA; explicit attention weights are built only for the layers and
-steps a :class:`Recorder` asked for, and for the output row of the cross-image
-baseline (its contrast acts on the weights). Recording is a hook: the math never
-depends on it.
+steps a :class:`~e4e_lab.method.recording.Recorder` asked for, and for the output row
+of the cross-image baseline (its contrast acts on the weights). Recording is a hook:
+the math never depends on it.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from .config import TransferConfig
-from .correspondence import CorrespondenceField, nearest_neighbors
-from .images import matching_mask
+from .correspondence import CorrespondenceField
+from .layers import BatchLayout, injected_layers
+from .regions import InjectionState
 
-_ATTN1 = re.compile(r"^up_blocks\.(\d+)\.attentions\.\d+\.transformer_blocks\.\d+\.attn1\.processor$")
 # Queries per chunk when attention weights are built explicitly (bounds memory).
 _EXPLICIT_CHUNK = 1024
 
-
-# ------------------------------------------------------------------ layers --
-
-def decoder_self_attention_layers(unet) -> dict[int, list[str]]:
-    """Decoder self-attention processor names grouped by up-block index."""
-    groups: dict[int, list[str]] = {}
-    for name in unet.attn_processors:
-        m = _ATTN1.match(name)
-        if m:
-            groups.setdefault(int(m.group(1)), []).append(name)
-    return groups
-
-
-def injected_layers(unet, levels: int = 2) -> list[str]:
-    """Decoder self-attention layers at the ``levels`` finest resolutions.
-
-    Up-block ``i`` of ``n`` works at 1 / 2**(n - 1 - i) of the latent size, so the
-    finest resolutions are the highest up-block indices that contain attention.
-    """
-    groups = decoder_self_attention_layers(unet)
-    chosen = sorted(groups)[-levels:]
-    return [name for i in chosen for name in groups[i]]
-
-
-def layer_level(name: str, unet) -> int:
-    """Downsampling factor of a decoder layer's grid relative to the latent."""
-    block = int(name.split(".")[1])
-    return 2 ** (len(unet.config.block_out_channels) - 1 - block)
-
-
-# --------------------------------------------------------------- recording --
-
-class Recorder(Protocol):
-    """Hooks called by the processor; all optional to implement meaningfully."""
-
-    def wants_attention(self, layer: str, step: int) -> bool: ...
-
-    def on_injection(self, layer: str, step: int, kind: str) -> None: ...
-
-    def on_matches(self, layer: str, step: int, field: CorrespondenceField) -> None: ...
-
-    def on_attention(self, layer: str, step: int, probs: dict[str, torch.Tensor],
-                     grid: tuple[int, int]) -> None: ...
-
-
-@dataclass
-class RunRecorder:
-    """Keeps what a run was asked to record: calls, matches and attention maps.
-
-    ``calls`` lists every (layer, step, kind) where the processor changed something
-    (kind is ``match``, ``refresh`` or ``cross``). ``matches[(layer, step)]`` holds
-    correspondence fields (on the CPU) when ``record_matches``; ``attention`` holds
-    float16 CPU attention weights per branch for the requested layers and steps.
-    """
-
-    record_matches: bool = False
-    attention_layers: tuple[str, ...] = ()
-    attention_steps: tuple[int, ...] = ()
-    calls: list[tuple[str, int, str]] = field(default_factory=list)
-    matches: dict[tuple[str, int], CorrespondenceField] = field(default_factory=dict)
-    attention: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict)
-    grids: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, config: TransferConfig) -> "RunRecorder":
-        return cls(config.record_matches, tuple(config.record_attention_layers),
-                   tuple(config.record_attention_steps))
-
-    def wants_attention(self, layer: str, step: int) -> bool:
-        return ((layer in self.attention_layers or "*" in self.attention_layers)
-                and (not self.attention_steps or step in self.attention_steps))
-
-    def on_injection(self, layer: str, step: int, kind: str) -> None:
-        self.calls.append((layer, step, kind))
-
-    def on_matches(self, layer: str, step: int, field: CorrespondenceField) -> None:
-        self.grids[layer] = field.target_shape
-        if self.record_matches:
-            self.matches[(layer, step)] = CorrespondenceField(
-                field.index.cpu(), field.score.cpu(), field.target_shape, field.ref_shape)
-
-    def on_attention(self, layer: str, step: int, probs: dict[str, torch.Tensor],
-                     grid: tuple[int, int]) -> None:
-        self.grids[layer] = grid
-        self.attention[(layer, step)] = {k: v.half().cpu() for k, v in probs.items()}
-
-
-# ------------------------------------------------------------------- state --
-
-@dataclass
-class BatchLayout:
-    """Rows of the UNet batch: [plain output?, injected output, appearance(s)..., structure].
-
-    There is one appearance row per reference image (several for multi-object runs).
-    """
-
-    output: int
-    appearances: tuple[int, ...]
-    structure: int
-    plain: int | None = None
-
-    @classmethod
-    def for_guidance(cls, guided: bool, references: int = 1) -> "BatchLayout":
-        first = 2 if guided else 1
-        apps = tuple(range(first, first + references))
-        return cls(first - 1, apps, first + references, plain=0 if guided else None)
-
-    @property
-    def appearance(self) -> int:
-        """The first (for single-pair runs, the only) appearance row."""
-        return self.appearances[0]
-
-    @property
-    def appearance_rows(self) -> slice:
-        """The appearance rows as a slice: they are consecutive, and indexing with a
-        slice (unlike a list, which becomes an index tensor copied to the device) never
-        waits for the GPU."""
-        return slice(self.appearances[0], self.appearances[-1] + 1)
-
-    @property
-    def size(self) -> int:
-        return self.structure + 1
-
-    def names(self) -> dict[str, int]:
-        rows = {"output": self.output}
-        for j, r in enumerate(self.appearances):
-            rows["appearance" if j == 0 else f"appearance{j}"] = r
-        rows["structure"] = self.structure
-        if self.plain is not None:
-            rows["plain"] = self.plain
-        return rows
-
-
-@dataclass
-class RegionPair:
-    """A target region that takes its features only from one reference region.
-
-    ``target_mask`` and ``ref_mask`` are (H, W) 0/1 masks at image resolution;
-    ``reference`` is the index of the reference image (its appearance row).
-    """
-
-    target_mask: torch.Tensor
-    ref_mask: torch.Tensor
-    reference: int = 0
-
-
-class InjectionState:
-    """What the processors share during one run: config, step, region pairs, recorder.
-
-    Masks are resized once per grid and kept; nothing here is global.
-    """
-
-    def __init__(self, config: TransferConfig, latent_shape: tuple[int, int],
-                 pairs: list[RegionPair], device,
-                 dift_field: CorrespondenceField | None = None,
-                 recorder: Recorder | None = None):
-        if not pairs:
-            raise ValueError("at least one (target, reference) region pair is needed")
-        self.config = config
-        self.latent_shape = latent_shape
-        self.pairs = pairs
-        self.device = device
-        self.dift_field = dift_field
-        self.recorder = recorder
-        self.step: int = -1
-        self.layout = BatchLayout.for_guidance(True, self.references)
-        self._masks: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._fields: dict[tuple[int, int], CorrespondenceField] = {}
-
-    @property
-    def references(self) -> int:
-        return max(p.reference for p in self.pairs) + 1
-
-    def begin_step(self, step: int, layout: BatchLayout) -> None:
-        self.step, self.layout = step, layout
-
-    def grid(self, tokens: int) -> tuple[int, int]:
-        h, w = self.latent_shape
-        f = math.isqrt(h * w // tokens)
-        return h // f, w // f
-
-    def masks(self, grid: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per pair, the flattened 0/1 (target, reference) matching masks on ``grid``
-        (resized by ``config.mask_resize``)."""
-        if grid not in self._masks:
-            mode = self.config.mask_resize
-            self._masks[grid] = [
-                (matching_mask(p.target_mask, grid, mode).flatten().to(self.device),
-                 matching_mask(p.ref_mask, grid, mode).flatten().to(self.device))
-                for p in self.pairs]
-        return self._masks[grid]
-
-    def precompute(self, grids) -> None:
-        for g in grids:
-            self.masks(g)
-            if self.dift_field is not None:
-                self.dift(g)
-
-    def dift(self, grid: tuple[int, int]) -> CorrespondenceField:
-        if grid not in self._fields:
-            f = self.dift_field.resize(grid, grid)
-            self._fields[grid] = CorrespondenceField(f.index.to(self.device),
-                                                     f.score.to(self.device), grid, grid)
-        return self._fields[grid]
-
-    def match(self, layer: str, target: torch.Tensor, refs: torch.Tensor,
-              grid: tuple[int, int]) -> CorrespondenceField:
-        """Correspondence for this layer and step.
-
-        ``target`` is (N, C), ``refs`` is (R, N, C) for R reference images. The field's
-        indices point into the R x N reference positions (``index // N`` is the image).
-        Each pair matches its target region only inside its reference region; where
-        target regions overlap, the later pair wins.
-        """
-        if self.config.correspondence == "dift" and self.dift_field is not None:
-            fld = self.dift(grid)
-        else:
-            n = refs.shape[1]
-            index = torch.full((target.shape[0],), -1, dtype=torch.long, device=target.device)
-            score = torch.zeros(target.shape[0], device=target.device)
-            for pair, (tm, rm) in zip(self.pairs, self.masks(grid)):
-                idx, sc = nearest_neighbors(target, refs[pair.reference], tm, rm)
-                hit = idx >= 0
-                index = torch.where(hit, idx + pair.reference * n, index)
-                score = torch.where(hit, sc, score)
-            fld = CorrespondenceField(index, score, grid, grid)
-        if self.recorder is not None:
-            self.recorder.on_matches(layer, self.step, fld)
-        return fld
-
-
-# --------------------------------------------------------------- processor --
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape

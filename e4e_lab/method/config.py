@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 INJECTION_MODES = ("feature", "v", "kv", "cross-image", "none")
 CORRESPONDENCE_SOURCES = ("match", "dift")

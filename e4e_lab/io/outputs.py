@@ -10,11 +10,11 @@ from typing import Protocol
 
 from PIL import Image
 
-from . import __version__
+from .. import __version__
+from ..errors import E4ELabError
+from ..method.images import to_uint8
+from ..models.loading import BANNERS
 from .cache import atomic_write_bytes, atomic_write_text
-from .errors import E4ELabError
-from .images import to_uint8
-from .models.loading import BANNERS
 
 RUN_FILES = ("result.png", "appearance_recon.png", "structure_recon.png", "strip.png",
              "config.json")

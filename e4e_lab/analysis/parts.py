@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .correspondence import CorrespondenceField, normalize_rows
-from .images import mask_at
+from ..method.correspondence import CorrespondenceField, normalize_rows
+from ..method.masks import mask_at
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 30, seed: int = 0
@@ -95,7 +95,7 @@ def discover_parts(target_features: torch.Tensor, ref_features: torch.Tensor, k:
 # ------------------------------------------------------------ parts of a pair --
 
 # DIFT draws used by the pair-level helpers when none is given: the metrics' cost cap
-# (:func:`e4e_lab.evaluate.score` averages at most this many noise draws).
+# (:func:`e4e_lab.evaluation.evaluate.score` averages at most this many noise draws).
 ENSEMBLE_CAP = 4
 
 
@@ -131,7 +131,7 @@ def pair_features(lab, pair, config, ensemble: int | None = None,
     The UNet is shared with transfers running in other threads: with ``blocking=False``
     a busy model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
     """
-    from .models.dift import dift_features
+    from ..models.dift import dift_features
 
     ens = min(config.dift_ensemble, ENSEMBLE_CAP) if ensemble is None else ensemble
     with lab.models.in_use(blocking, "find parts"):
@@ -189,7 +189,7 @@ def pair_parts(lab, pair, config, k: int = 4, features: PairFeatures | None = No
     ``feature_kwargs``. ``field`` (e.g. the matches a transfer recorded at one layer) is
     resampled to the features' grids; by default the DIFT nearest-neighbour field is used.
     """
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     feats = features if features is not None else pair_features(lab, pair, config,
                                                                  **feature_kwargs)

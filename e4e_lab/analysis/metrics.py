@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .correspondence import CorrespondenceField, nearest_neighbors
-from .images import mask_at
+from ..method.correspondence import CorrespondenceField, nearest_neighbors
+from ..method.masks import mask_at
 
 # ------------------------------------------------------------- colour space --
 
@@ -97,7 +97,7 @@ def load_vit(model_id: str = "facebook/dino-vitb8", device="cpu", local_files_on
     """A transformers ViT (DINO by default) for :func:`self_similarity_distance`."""
     from transformers import ViTModel
 
-    from .errors import ModelUnavailableError
+    from ..errors import ModelUnavailableError
 
     try:
         return ViTModel.from_pretrained(model_id, local_files_only=local_files_only,
@@ -154,7 +154,7 @@ def histogram_distance(result: torch.Tensor, reference: torch.Tensor,
 def part_colour_distance(result: torch.Tensor, reference: torch.Tensor, parts,
                          field: CorrespondenceField) -> float:
     """Mean Lab distance between each target part's mean colour in the result and the mean
-    colour of the reference part it matched most (parts from :mod:`e4e_lab.parts`).
+    colour of the reference part it matched most (parts from :mod:`e4e_lab.analysis.parts`).
     Lower is better."""
     conf = parts.confusion(field)
     lab_r = rgb_to_lab(result)

@@ -3,8 +3,9 @@
 A pairs folder holds ``pairs.json`` (a list of ``{"name", "appearance", "structure",
 "domain"}``, paths relative to the folder) and optionally ``boxes.json`` (see
 ``example/``). Every method runs on the same cached inversions and seed; each result
-is scored with :mod:`e4e_lab.metrics` and written to ``results.csv``, the images to
-``images/<pair>/<method>.png``, and a self-contained plotly HTML report.
+is scored with :mod:`e4e_lab.analysis.metrics`; :mod:`e4e_lab.evaluation.report` writes
+``results.csv``, the images under ``images/<pair>/<method>.png`` and a self-contained
+plotly HTML report.
 
 Under ``accelerate launch --multi_gpu --num_processes N`` the pairs are split across N
 processes (one GPU each; CPU processes when no GPU is visible); every process writes
@@ -13,10 +14,6 @@ its share and the main process merges them into one CSV and report.
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import json
 import logging
 import time
@@ -27,11 +24,11 @@ from typing import Callable
 
 import torch
 
-from . import metrics
-from .config import TransferConfig
-from .errors import ConfigError, ModelUnavailableError
-from .images import load_boxes, to_uint8
-from .outputs import safe_name
+from ..analysis import metrics
+from ..errors import ConfigError, ModelUnavailableError
+from ..io.formats import load_boxes
+from ..method.config import TransferConfig
+from .report import read_csv, save_images, write_csv, write_report
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +38,12 @@ ALL_METHODS = METHODS + (PAINT_BY_EXAMPLE,)
 METHOD_LABELS = {"feature": "Eye-for-an-eye (feature)", "v": "Eye-for-an-eye (V)",
                  "kv": "Eye-for-an-eye (KV)", "cross-image": "Cross-Image Attention",
                  PAINT_BY_EXAMPLE: "Paint-by-Example"}
-# direction of each score of :func:`score` (see e4e_lab/metrics.py)
+# direction of each score of :func:`score` (see e4e_lab/analysis/metrics.py)
 HIGHER_IS_BETTER = {"ssim": True, "edge_ssim": True, "histogram_distance": False,
                     "part_colour_distance": False, "part_agreement": True,
                     "cycle_consistency": True}
 # scores of the pair's DIFT correspondence, not of a method's image: equal for every method
 PAIR_LEVEL_SCORES = ("part_agreement", "cycle_consistency")
-COLUMNS = ("pair", "method", "seconds", "ssim", "edge_ssim", "histogram_distance",
-           "part_colour_distance", "part_agreement", "cycle_consistency", "tiny_model")
 
 
 @dataclass
@@ -84,10 +79,10 @@ def read_pairs(folder: str | Path) -> tuple[list[PairSpec], dict | None]:
 
 
 def scoring_parts(lab, pair, config: TransferConfig, k_parts: int = 4):
-    """The DIFT parts and field the part metrics use (:func:`e4e_lab.parts.pair_parts`
+    """The DIFT parts and field the part metrics use (:func:`e4e_lab.analysis.parts.pair_parts`
     with at most ``k_parts`` parts); they depend on the pair and the DIFT settings, not
     on the method, so one computation serves every method of a pair."""
-    from .parts import pair_features, pair_parts
+    from ..analysis.parts import pair_features, pair_parts
 
     feats = pair_features(lab, pair, config)
     return pair_parts(lab, pair, config, min(k_parts, feats.max_k), features=feats)
@@ -115,7 +110,7 @@ def pair_scores(pair, parts) -> dict[str, float]:
 
 def score(image: torch.Tensor, pair, lab, config: TransferConfig, k_parts: int = 4,
           parts=None) -> dict[str, float]:
-    """The weights-free metrics of one result image (see :mod:`e4e_lab.metrics`).
+    """The weights-free metrics of one result image (see :mod:`e4e_lab.analysis.metrics`).
 
     ``parts`` (from :func:`scoring_parts`) skips recomputing the pair's DIFT features.
     """
@@ -169,7 +164,7 @@ def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = No
 
     Eye-for-an-eye modes and Cross-Image Attention are ``lab.transfer`` with
     ``base.replace(injection=method)``; ``"paint-by-example"`` repaints the structure's
-    mask (``pbe``: a loaded :class:`~e4e_lab.baselines.PaintByExample`, loaded with
+    mask (``pbe``: a loaded :class:`~e4e_lab.evaluation.baselines.PaintByExample`, loaded with
     :func:`load_baseline` when not given). The pair is inverted once, outside the
     timings, and its DIFT parts are computed once for every method's scores.
 
@@ -177,8 +172,8 @@ def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = No
     None) and ends. ``cancel`` (a ``threading.Event``) is checked between methods and
     between denoising steps; once set, the methods finished so far are returned.
     """
+    from ..errors import TransferCancelled
     from .baselines import paint_by_example
-    from .errors import TransferCancelled
 
     methods = check_methods(methods)
     base = base or TransferConfig()
@@ -254,85 +249,6 @@ def evaluate(lab, pairs: list[PairSpec], boxes: dict | None, methods=METHODS,
                          "tiny_model": lab.is_tiny, **r.scores})
             images[(spec.name, r.method)] = r.image
     return rows, images
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()
-                        if k in COLUMNS})
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k in COLUMNS[2:-1]:
-            r[k] = float(r[k]) if r.get(k) not in (None, "", "nan") else float("nan")
-    return rows
-
-
-def _thumb(png: Path, size: int = 128) -> str:
-    from PIL import Image
-
-    with Image.open(png) as im:
-        pil = im.convert("RGB").resize((size, size))
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def image_path(out: Path, pair: str, key: str) -> Path:
-    """Where an evaluation keeps a pair's image (``key``: structure, appearance, a method)."""
-    return out / "images" / safe_name(pair, "pair") / f"{key}.png"
-
-
-def save_images(out: Path, images: dict[tuple[str, str], torch.Tensor]) -> None:
-    """Write every (pair, key) image as ``images/<pair>/<key>.png`` (each process its own
-    pairs; the report then reads them all, whichever process made them)."""
-    from PIL import Image
-
-    for (pair, key), img in images.items():
-        path = image_path(out, pair, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(to_uint8(img)).save(path)
-
-
-def write_report(path: Path, rows: list[dict], note: str | None) -> None:
-    """A self-contained HTML page (plotly included: it opens offline): a bar chart per
-    metric and per-pair thumbnails read from the run's ``images/`` folder; ``note`` is
-    the offline model's banner (None with real weights)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    metric_names = [c for c in COLUMNS[3:-1]]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig = make_subplots(rows=1, cols=len(metric_names), subplot_titles=metric_names)
-    for j, m in enumerate(metric_names, start=1):
-        for method in methods:
-            vals = [r[m] for r in rows if r["method"] == method]
-            finite = [v for v in vals if v == v]
-            fig.add_trace(go.Bar(name=method, x=[method], y=[sum(finite) / len(finite) if finite else None],
-                                 showlegend=False), row=1, col=j)
-    fig.update_layout(height=360, title="mean score per method (see e4e_lab/metrics.py for directions)")
-    banner = (f"<p style='background:#c00;color:#fff;padding:6px'>{html.escape(note)}</p>"
-              if note else "")
-    pairs = list(dict.fromkeys(r["pair"] for r in rows))
-    cells = ["<tr><th>pair</th><th>structure</th><th>appearance</th>"
-             + "".join(f"<th>{m}</th>" for m in methods) + "</tr>"]
-    for p in pairs:
-        row = [f"<td>{p}</td>"]
-        for key in ["structure", "appearance"] + methods:
-            png = image_path(path.parent, p, key)
-            row.append(f"<td><img src='{_thumb(png)}'></td>" if png.is_file() else "<td></td>")
-        cells.append("<tr>" + "".join(row) + "</tr>")
-    page = (f"<html><head><meta charset='utf-8'><title>e4e-lab evaluation</title></head><body>"
-            f"<h1>e4e-lab evaluation</h1>{banner}"
-            f"{fig.to_html(full_html=False, include_plotlyjs=True)}"
-            f"<table>{''.join(cells)}</table></body></html>")
-    path.write_text(page, encoding="utf-8")
 
 
 def _has_accelerator() -> bool:

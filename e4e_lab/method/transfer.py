@@ -24,18 +24,21 @@ from typing import Callable
 
 import torch
 
+from ..errors import (ConfigError, DeviceOutOfMemoryError, MaskError, NumericalError,
+                      TransferCancelled)
+from ..models.freeu import freeu
+from ..models.loading import RANDOM_KINDS, Models
 from . import schedule
 from .adain import masked_adain
-from .attention import (BatchLayout, InjectionState, RegionPair, RunRecorder, injected_layers,
-                        injection, layer_level)
+from .attention import injection
 from .config import TransferConfig
 from .correspondence import CorrespondenceField
-from .errors import ConfigError, DeviceOutOfMemoryError, MaskError, NumericalError, TransferCancelled
-from .images import adain_masks
 from .inversion import InversionResult, text_embeddings
 from .latents import decode
-from .models.freeu import freeu
-from .models.loading import RANDOM_KINDS, Models
+from .layers import BatchLayout, injected_layers, layer_level
+from .masks import adain_masks
+from .recording import RunRecorder
+from .regions import InjectionState, RegionPair
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ def _check_masks(masks: dict[tuple[str, tuple[int, int]], list]) -> None:
 def _adain_masks(pairs: list[RegionPair], latent_hw: tuple[int, int], mode: str,
                  device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
     """Per pair: (target statistics mask, reference statistics mask, target blending
-    weights, reference index) on the latent grid (:func:`e4e_lab.images.adain_masks`)."""
+    weights, reference index) on the latent grid (:func:`e4e_lab.method.masks.adain_masks`)."""
     out = []
     for p in pairs:
         t_stats, t_blend = adain_masks(p.target_mask, latent_hw, mode)

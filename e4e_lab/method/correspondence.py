@@ -118,7 +118,7 @@ class CorrespondenceField:
 
         Masks are (h, w) / (h', w') maps (any resolution is resized to the features').
         """
-        from .images import mask_at
+        from .masks import mask_at
 
         (c, ht, wt), (_, hr, wr) = target.shape, ref.shape
         tm = None if target_mask is None else mask_at(target_mask, (ht, wt)).flatten()
@@ -184,7 +184,7 @@ class CorrespondenceField:
 
     def unused(self, ref_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(h_r, w_r) bool: reference positions (inside ``ref_mask``) used by no target."""
-        from .images import mask_at
+        from .masks import mask_at
 
         unused = self.usage() == 0
         if ref_mask is not None:

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ModelUnavailableError
-from .images import to_uint8
-from .models.loading import default_device, default_dtype
-from .models.tiny import TINY_SEED, build_once, cache_root, tiny_model_path
+from ..errors import ModelUnavailableError
+from ..io.paths import cache_root
+from ..method.images import to_uint8
+from ..models.loading import default_device, default_dtype
+from ..models.tiny import TINY_SEED, build_once, tiny_model_path
 
 log = logging.getLogger(__name__)
 
