@@ -43,14 +43,13 @@ def main(argv=None) -> int:
 
     from e4e_lab.analysis.grids import pixel_to_cell
     from e4e_lab.analysis.lookup import FeatureLookup
-    from e4e_lab.io.formats import load_boxes
     from e4e_lab.session import Lab
     from widgets import CorrespondenceExplorer, render
 
     lab = Lab(model="tiny")
     ex_dir = ROOT / "example"
     pair = lab.pair(ex_dir / "chelsea_cat.png", ex_dir / "horse_silhouette.png",
-                    boxes=load_boxes(ex_dir / "boxes.json"), mask="box", size=args.size)
+                    boxes=ex_dir / "boxes.json", mask="box", size=args.size)
     g = torch.Generator().manual_seed(0)
     shape = (args.channels, args.grid, args.grid)
     t0 = time.perf_counter()

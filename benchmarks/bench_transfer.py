@@ -70,7 +70,6 @@ from reference_style import (ReferenceState, reference_attention, reference_deno
                              reference_inversion, reference_transfer)
 
 from e4e_lab.io.cache import TensorCache  # noqa: E402
-from e4e_lab.io.formats import load_boxes  # noqa: E402
 from e4e_lab.method.config import INJECTION_MODES, TransferConfig  # noqa: E402
 from e4e_lab.method.inversion import invert  # noqa: E402
 from e4e_lab.method.latents import decode  # noqa: E402
@@ -175,7 +174,7 @@ def load_pair(models, size: int):
     """The example pair at ``size`` with box masks (no SAM)."""
     lab = Lab(models=models, use_disk_cache=False, cache_dir=tempfile.gettempdir())
     return lab.pair(EXAMPLE / APPEARANCE, EXAMPLE / STRUCTURE,
-                    boxes=load_boxes(EXAMPLE / "boxes.json"), mask="box", size=size)
+                    boxes=EXAMPLE / "boxes.json", mask="box", size=size)
 
 
 # -------------------------------------------------------------------- runs --

@@ -22,7 +22,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from e4e_lab.io.formats import load_boxes  # noqa: E402
 from e4e_lab.method.config import TransferConfig  # noqa: E402
 from e4e_lab.session import Lab  # noqa: E402
 
@@ -55,7 +54,7 @@ def example_pairs(lab: Lab, n: int, size: int | None):
 def run(lab: Lab, spec, config: TransferConfig, size, load: dict):
     app, struct, app_mask, struct_mask, domain, _ = spec
     kwargs = dict(appearance_mask=app_mask, structure_mask=struct_mask) if app_mask is not None \
-        else dict(boxes=load_boxes(ROOT / "example" / "boxes.json"), mask="box")
+        else dict(boxes=ROOT / "example" / "boxes.json", mask="box")
     pair = lab.pair(app, struct, size=size, **kwargs, **load)
     return lab.transfer(pair, config.replace(domain=domain))
 

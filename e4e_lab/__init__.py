@@ -29,6 +29,8 @@ _LAZY = {
     "MultiPair": "e4e_lab.session",
     "TransferConfig": "e4e_lab.method.config",
     "load_pipeline": "e4e_lab.models.loading",
+    "MaskMode": "e4e_lab.io.formats",
+    "ObjectSpec": "e4e_lab.io.formats",
 }
 
 __all__ = ["__version__", *_LAZY]

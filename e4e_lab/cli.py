@@ -12,10 +12,13 @@ import sys
 import time
 
 from .errors import ConfigError, E4ELabError, TransferCancelled
+from .io.formats import MaskMode
 from .method.config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
                             RESAMPLE_MODES, SCHEDULES, TransferConfig)
 
 log = logging.getLogger("e4e_lab")
+
+MASK_CHOICES = tuple(m.value for m in MaskMode)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='multi-object pairs: {"_size": 512, "objects": [{"target_box": [...], '
                      '"appearance": PATH, "appearance_box": [...]}, ...]}; paths relative to '
                      "the JSON file")
-    io_.add_argument("--mask", choices=("auto", "sam", "box", "none"), default="auto",
+    io_.add_argument("--mask", choices=MASK_CHOICES, default=MaskMode.AUTO.value,
                      help="object masks: SAM-HQ from the boxes, the boxes, or whole images "
                      "(auto: sam when a checkpoint is found, else box)")
     io_.add_argument("--sam-checkpoint", metavar="PATH", help="SAM-HQ checkpoint (sam_hq_vit_l.pth)")
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--model", "--device", "--cache-dir"):
         e.add_argument(flag, default="auto" if flag == "--model" else None)
     e.add_argument("--dtype", choices=("float16", "bfloat16", "float32"))
-    e.add_argument("--mask", choices=("auto", "sam", "box", "none"), default="auto")
+    e.add_argument("--mask", choices=MASK_CHOICES, default=MaskMode.AUTO.value)
     e.add_argument("--sam-checkpoint", metavar="PATH")
     e.add_argument("--size", type=int, metavar="PX")
     e.add_argument("--steps", type=int, default=d.num_steps)
@@ -142,16 +145,16 @@ def _config(args) -> TransferConfig:
 
 def _transfer(args) -> int:
     config = _config(args)  # validate before importing or loading anything heavy
-    from .io.formats import load_boxes, load_object_pairs
+    from .io.formats import read_boxes, read_pairs
     from .io.outputs import check_output
     from .method.images import check_image_file
 
-    boxes = load_boxes(args.boxes) if args.boxes else None
-    objects, boxes_size = load_object_pairs(args.pairs) if args.pairs else (None, None)
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    objects = read_pairs(args.pairs) if args.pairs else None
     if objects is None and not args.appearance:
         raise ConfigError("appearance", None, "give --appearance PATH (or --pairs JSON)")
     # refuse bad files and an existing run now, not after loading the model and running
-    for path in ([args.appearance] if objects is None else [o["appearance"] for o in objects]
+    for path in ([args.appearance] if objects is None else [o.appearance for o in objects]
                  ) + [args.structure] + [m for m in (args.appearance_mask, args.structure_mask) if m]:
         check_image_file(path)
     check_output(args.out, args.overwrite)
@@ -168,7 +171,7 @@ def _transfer(args) -> int:
               use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
     if objects is not None:
         pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
-                              fit=args.fit, boxes_size=boxes_size, resample=args.resample)
+                              fit=args.fit, resample=args.resample)
     else:
         from .method.masks import load_mask
 

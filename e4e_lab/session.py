@@ -23,20 +23,18 @@ import torch
 
 from .errors import ConfigError, MaskError
 from .io.cache import TensorCache
-from .io.formats import Box, lookup_box, parse_box, scale_boxes
+from .io.formats import Box, MaskMode, ObjectSpec, lookup_box, parse_box, read_boxes
 from .io.paths import cache_root
 from .method.config import TransferConfig
 from .method.correspondence import CorrespondenceField
 from .method.images import ImageLike, LoadedImage, load_image
 from .method.inversion import InversionResult, invert
-from .method.masks import as_mask, box_mask, full_mask, require_nonempty
+from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
 from .method.transfer import StepEvent, TransferResult, run_multi_transfer, run_transfer
 from .models.loading import Models, load_pipeline
 
 log = logging.getLogger(__name__)
-
-MASK_MODES = ("auto", "sam", "box", "none")
 
 
 def _source(image: LoadedImage) -> str:
@@ -44,7 +42,7 @@ def _source(image: LoadedImage) -> str:
     return image.source or image.name
 
 
-def _describe(structure: LoadedImage, mask_mode: str, /, **inputs) -> dict:
+def _describe(structure: LoadedImage, mask_mode: MaskMode | str, /, **inputs) -> dict:
     """A run's inputs for its config.json: ``inputs``, then the keys every pair shares."""
     return {**inputs, "mask": mask_mode, "size": list(structure.size), "fit": structure.fit,
             "resample": structure.resample}
@@ -62,7 +60,7 @@ class MultiPair:
     references: list[LoadedImage]
     regions: list[RegionPair]
     boxes: list[tuple[Box | None, Box | None]]
-    mask_mode: str
+    mask_mode: MaskMode | str  # a MaskMode, or how masks made elsewhere were made
 
     @property
     def size(self) -> tuple[int, int]:
@@ -94,7 +92,7 @@ class Pair:
     structure_box: Box | None
     appearance_mask: torch.Tensor  # (H, W) 0/1
     structure_mask: torch.Tensor
-    mask_mode: str
+    mask_mode: MaskMode | str  # a MaskMode, or how masks made elsewhere were made ("edited")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -169,104 +167,109 @@ class Lab:
 
         return self._sam is not None or find_checkpoint(self.sam_checkpoint) is not None
 
-    def mask(self, image: LoadedImage, box: Box | None, mode: str = "auto") -> torch.Tensor:
-        """Object mask of an image: SAM-HQ from the box, the box itself, or everything."""
-        if mode not in MASK_MODES:
-            raise ConfigError("mask", mode, f"one of {', '.join(MASK_MODES)}")
-        if mode == "auto":
-            mode = "sam" if (box is not None and self.sam_available()) else "box"
-            if box is not None and mode == "box":
-                log.warning("no SAM-HQ checkpoint found: using the box of '%s' as its mask "
-                            "(pass sam_checkpoint / --sam-checkpoint for object masks)",
-                            image.name)
-        if mode == "none" or box is None:
+    def mask(self, image: LoadedImage, box: Box | None, mode: MaskMode | str = MaskMode.AUTO
+             ) -> torch.Tensor:
+        """Object mask of an image by ``mode``: SAM-HQ from the box, the box itself, or
+        everything (also without a box)."""
+        mode = MaskMode.parse(mode)
+        if box is None or mode is MaskMode.NONE:
             return full_mask(image.size)
-        if mode == "box":
-            return box_mask(box, image.size)
-        mask = self.sam().mask(image, box)
-        if mask.sum() == 0:
+        resolved = mode.resolve(True, self.sam_available())
+        if mode is MaskMode.AUTO and resolved is MaskMode.BOX:
+            log.warning("no SAM-HQ checkpoint found: using the box of '%s' as its mask "
+                        "(pass sam_checkpoint / --sam-checkpoint for object masks)", image.name)
+        sam = self.sam() if resolved is MaskMode.SAM else None
+        mask = object_mask(image, box, resolved, sam)
+        if sam is not None and mask.sum() == 0:
             raise MaskError(f"SAM-HQ returned an empty mask for '{image.name}' in box {list(box)}: "
                             "adjust the box, add a positive click, or use --mask box")
         return mask
 
+    def _box_and_mask(self, image: LoadedImage, box, given, mode: MaskMode,
+                      names: tuple[str, str, str]) -> tuple[Box | None, torch.Tensor]:
+        """``image``'s box (validated) and object mask: ``given`` if there is one, else made
+        from the box by ``mode``; an empty mask is refused. ``names`` name the box, the
+        given mask and the mask in errors."""
+        box_name, mask_name, what = names
+        b = None if box is None else parse_box(box, image.size, box_name)
+        m = as_mask(given, image.size, mask_name) if given is not None else \
+            self.mask(image, b, mode)
+        require_nonempty(m, what)
+        return b, m
+
     def pair(self, appearance: ImageLike | LoadedImage, structure: ImageLike | LoadedImage,
-             appearance_box=None, structure_box=None, boxes: dict | None = None,
-             mask: str = "auto", size: int | None = None, fit: str = "stretch",
-             appearance_mask=None, structure_mask=None, resample: str = "bicubic") -> Pair:
+             appearance_box=None, structure_box=None,
+             boxes: dict | str | os.PathLike | None = None,
+             mask: MaskMode | str = MaskMode.AUTO, size: int | None = None,
+             fit: str = "stretch", appearance_mask=None, structure_mask=None,
+             resample: str = "bicubic") -> Pair:
         """Load both images, resolve their boxes (given, or looked up by file name in
-        ``boxes``) and compute their masks (or validate given ones)."""
-        imgs = []
-        for src in (appearance, structure):
-            imgs.append(src if isinstance(src, LoadedImage)
-                        else self.load_image(src, size, fit, resample=resample))
-        app, struct = imgs
+        ``boxes``: a boxes document or its JSON file, :func:`~e4e_lab.io.formats.read_boxes`)
+        and compute their masks (or validate given ones)."""
+        mode = MaskMode.parse(mask)
+        app, struct = (src if isinstance(src, LoadedImage)
+                       else self.load_image(src, size, fit, resample=resample)
+                       for src in (appearance, structure))
         if app.size != struct.size:
             raise ConfigError("size", (app.size, struct.size),
                               "both images must have the same model resolution")
-        boxes = scale_boxes(boxes, struct.size) if boxes else None
-        resolved, masks = [], []
+        boxes = read_boxes(boxes, struct.size) if boxes else None
+        resolved = []
         for img, box, given, role in ((app, appearance_box, appearance_mask, "appearance"),
                                       (struct, structure_box, structure_mask, "structure")):
             if box is None and boxes:
                 box = lookup_box(boxes, img.name)
-            b = None if box is None else parse_box(box, img.size, f"{role} box")
-            resolved.append(b)
-            if given is not None:
-                m = as_mask(given, img.size, f"{role} mask")
-            else:
-                m = self.mask(img, b, mask)
-            require_nonempty(m, f"the {role} mask")
-            masks.append(m)
-        return Pair(app, struct, resolved[0], resolved[1], masks[0], masks[1], mask)
+            resolved.append(self._box_and_mask(
+                img, box, given, mode, (f"{role} box", f"{role} mask", f"the {role} mask")))
+        (ab, am), (sb, sm) = resolved
+        return Pair(app, struct, ab, sb, am, sm, mode)
 
-    def multi_pair(self, structure: ImageLike | LoadedImage, objects: list[dict],
-                   mask: str = "auto", size: int | None = None, fit: str = "stretch",
-                   boxes_size: int | tuple[int, int] | None = None,
+    def multi_pair(self, structure: ImageLike | LoadedImage,
+                   objects: list[ObjectSpec | dict], mask: MaskMode | str = MaskMode.AUTO,
+                   size: int | None = None, fit: str = "stretch",
                    resample: str = "bicubic") -> MultiPair:
-        """A structure image and a list of objects, each a dict with ``appearance`` (an image
-        or path), and optionally ``target_box`` / ``appearance_box`` (model pixels, or
-        at ``boxes_size`` when given) or ``target_mask`` / ``appearance_mask``.
+        """A structure image and its objects (:class:`~e4e_lab.io.formats.ObjectSpec`, or
+        dicts with the same keys: ``appearance``, an image or a path, and optionally
+        ``target_box`` / ``appearance_box`` in model pixels, or at the spec's
+        ``boxes_size``, and ``target_mask`` / ``appearance_mask``), as
+        :func:`~e4e_lab.io.formats.read_pairs` reads them from a ``--pairs`` file.
 
         Objects that name the same appearance source share one reference image.
         """
+        mode = MaskMode.parse(mask)
         struct = structure if isinstance(structure, LoadedImage) else \
             self.load_image(structure, size, fit, resample=resample)
         if not objects:
             raise ConfigError("objects", objects, "at least one object pair")
-        refs: list[LoadedImage] = []
-        ref_index: dict[str, int] = {}
+        refs: dict[str, LoadedImage] = {}  # by source, in order of first use
         regions, boxes = [], []
         for n, obj in enumerate(objects):
-            if not isinstance(obj, dict) or "appearance" not in obj:
-                raise ConfigError(f"objects[{n}]", obj, "a dict with an 'appearance' image")
-            src = obj["appearance"]
-            key = src.digest if isinstance(src, LoadedImage) else str(src)
-            if key not in ref_index:
-                img = src if isinstance(src, LoadedImage) else self.load_image(
-                    src, struct.size[0], fit, resample=resample)
-                if img.size != struct.size:
-                    raise ConfigError(f"objects[{n}].appearance", img.size,
-                                      f"the structure's size {struct.size}")
-                ref_index[key] = len(refs)
-                refs.append(img)
-            r = ref_index[key]
-            scaled = scale_boxes({"_size": boxes_size, "t": obj.get("target_box"),
-                                  "a": obj.get("appearance_box")}, struct.size) \
-                if boxes_size is not None else {"t": obj.get("target_box"),
-                                                "a": obj.get("appearance_box")}
-            tb = None if scaled["t"] is None else parse_box(scaled["t"], struct.size,
-                                                            f"objects[{n}].target_box")
-            ab = None if scaled["a"] is None else parse_box(scaled["a"], struct.size,
-                                                            f"objects[{n}].appearance_box")
-            tm = (as_mask(obj["target_mask"], struct.size, f"objects[{n}].target_mask")
-                  if obj.get("target_mask") is not None else self.mask(struct, tb, mask))
-            am = (as_mask(obj["appearance_mask"], struct.size, f"objects[{n}].appearance_mask")
-                  if obj.get("appearance_mask") is not None else self.mask(refs[r], ab, mask))
-            require_nonempty(tm, f"the target mask of object {n}")
-            require_nonempty(am, f"the appearance mask of object {n}")
-            regions.append(RegionPair(tm, am, r))
+            spec = ObjectSpec.from_dict(obj, f"objects[{n}]")
+            ref = self._reference(spec.appearance, refs, struct, n, fit, resample)
+            t_box, a_box = spec.boxes_at(struct.size)
+            tb, tm = self._box_and_mask(
+                struct, t_box, spec.target_mask, mode, (f"objects[{n}].target_box",
+                f"objects[{n}].target_mask", f"the target mask of object {n}"))
+            ab, am = self._box_and_mask(
+                refs[ref], a_box, spec.appearance_mask, mode, (f"objects[{n}].appearance_box",
+                f"objects[{n}].appearance_mask", f"the appearance mask of object {n}"))
+            regions.append(RegionPair(tm, am, list(refs).index(ref)))
             boxes.append((tb, ab))
-        return MultiPair(struct, refs, regions, boxes, mask)
+        return MultiPair(struct, list(refs.values()), regions, boxes, mode)
+
+    def _reference(self, src, refs: dict[str, LoadedImage], structure: LoadedImage, n: int,
+                   fit: str, resample: str) -> str:
+        """The key of object ``n``'s appearance image in ``refs``, loading it (at the
+        structure's size) the first time a source is named."""
+        key = src.digest if isinstance(src, LoadedImage) else str(src)
+        if key not in refs:
+            img = src if isinstance(src, LoadedImage) else self.load_image(
+                src, structure.size[0], fit, resample=resample)
+            if img.size != structure.size:
+                raise ConfigError(f"objects[{n}].appearance", img.size,
+                                  f"the structure's size {structure.size}")
+            refs[key] = img
+        return key
 
     def transfer_multi(self, multi: MultiPair, config: TransferConfig,
                        callback: Callable[[StepEvent], None] | None = None, cancel=None,

@@ -3,7 +3,8 @@
 import torch
 
 from e4e_lab.evaluation.baselines import load_paint_by_example, paint_by_example
-from e4e_lab.evaluation.evaluate import evaluate, read_pairs
+from e4e_lab.evaluation.evaluate import evaluate
+from e4e_lab.io.formats import read_pairs_folder
 from e4e_lab.method.config import TransferConfig
 
 from conftest import SMALL
@@ -21,7 +22,7 @@ def test_tiny_paint_by_example_repaints_the_masked_region(lab):
 
 
 def test_methods_side_by_side_share_inversions(lab, tmp_path):
-    pairs, boxes = read_pairs("example")
+    pairs, boxes = read_pairs_folder("example")
     base = TransferConfig(num_steps=10, skip_steps=3, feat_range=(1, 7), adain_range=(5, 10))
     rows, images = evaluate(lab, pairs[:1], boxes, ("feature", "cross-image", "paint-by-example"),
                             base, mask="box", size=SMALL)

@@ -30,7 +30,7 @@ from hypothesis.extra import numpy as hnp
 
 from e4e_lab.errors import BoxError, ConfigError, MaskError
 from e4e_lab.io.cache import TensorCache, key_of
-from e4e_lab.io.formats import load_boxes, lookup_box, parse_box, scale_boxes
+from e4e_lab.io.formats import lookup_box, parse_box, read_boxes
 from e4e_lab.method.adain import EPS, masked_adain, masked_stats
 from e4e_lab.method.config import INJECTION_MODES, TransferConfig
 from e4e_lab.method.masks import as_mask, mask_at
@@ -99,7 +99,7 @@ def test_any_boxes_json_gives_boxes_or_box_errors(doc, size, name):
         path = Path(tmp) / "boxes.json"
         path.write_text(json.dumps(doc))
         try:
-            boxes = scale_boxes(load_boxes(path), size)
+            boxes = read_boxes(path, size)
         except BoxError:
             return
     assert isinstance(boxes, dict)
@@ -118,7 +118,7 @@ def test_any_bytes_as_a_boxes_file_give_a_dict_or_a_box_error(data):
         path = Path(tmp) / "boxes.json"
         path.write_bytes(data)
         try:
-            assert isinstance(load_boxes(path), dict)
+            assert isinstance(read_boxes(path), dict)
         except BoxError:
             pass
 

@@ -48,7 +48,7 @@ from PIL import Image
 from e4e_lab.errors import (BoxError, ConfigError, DeviceOutOfMemoryError, ImageError,
                             MaskError, ModelUnavailableError, NumericalError,
                             TransferCancelled)
-from e4e_lab.io.formats import load_boxes, lookup_box, parse_box, scale_boxes
+from e4e_lab.io.formats import lookup_box, parse_box, read_boxes
 from e4e_lab.method.config import TransferConfig
 from e4e_lab.method.images import check_image_file, load_image
 from e4e_lab.method.masks import as_mask, mask_at
@@ -301,25 +301,25 @@ def test_boxes_reaching_past_the_image_are_clipped_as_documented():
 def test_bad_boxes_json_is_refused(tmp_path, content, why):
     (tmp_path / "boxes.json").write_text(content)
     with pytest.raises(BoxError) as e:
-        load_boxes(tmp_path / "boxes.json")
+        read_boxes(tmp_path / "boxes.json")
     _assert_names(e, "boxes.json", why)
 
 
 def test_boxes_json_that_is_not_text_or_missing_is_refused(tmp_path):
     (tmp_path / "boxes.json").write_bytes(b"\xff\xfe{\x00")
     with pytest.raises(BoxError, match="not UTF-8"):
-        load_boxes(tmp_path / "boxes.json")
+        read_boxes(tmp_path / "boxes.json")
     with pytest.raises(BoxError, match="cannot be read"):
-        load_boxes(tmp_path / "nowhere.json")
+        read_boxes(tmp_path / "nowhere.json")
     with pytest.raises(BoxError, match="cannot be read"):
-        load_boxes(tmp_path)  # a folder
+        read_boxes(tmp_path)  # a folder
 
 
 def test_boxes_json_is_parsed_as_data_never_evaluated(tmp_path):
     marker = tmp_path / "evaluated"
     payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
     (tmp_path / "boxes.json").write_text(json.dumps({"cat.png": payload}))
-    boxes = load_boxes(tmp_path / "boxes.json")
+    boxes = read_boxes(tmp_path / "boxes.json")
     with pytest.raises(BoxError):
         parse_box(lookup_box(boxes, "cat.png"), (SIZE, SIZE))
     assert not marker.exists()
@@ -330,19 +330,19 @@ def test_boxes_json_is_parsed_as_data_never_evaluated(tmp_path):
 def test_bad_declared_box_resolution_is_refused(size):
     boxes = {"_size": size, "cat.png": [0, 0, 10, 10]}
     if size is None:  # "_size": null means "not declared"
-        assert scale_boxes(boxes, (SIZE, SIZE)) == {"cat.png": [0, 0, 10, 10]}
+        assert read_boxes(boxes, (SIZE, SIZE)) == {"cat.png": [0, 0, 10, 10]}
         return
     with pytest.raises(BoxError, match="_size"):
-        scale_boxes(boxes, (SIZE, SIZE))
+        read_boxes(boxes, (SIZE, SIZE))
 
 
 def test_declared_box_resolution_scales_boxes():
-    boxes = scale_boxes({"_size": 512, "cat.png": [64, 128, 256, 512]}, (SIZE, SIZE))
+    boxes = read_boxes({"_size": 512, "cat.png": [64, 128, 256, 512]}, (SIZE, SIZE))
     assert parse_box(boxes["cat.png"], (SIZE, SIZE)) == (8, 16, 32, 64)
-    boxes = scale_boxes({"_size": [256, 128], "a": [0, 0, 256, 128], "b": "junk"}, (64, 32))
+    boxes = read_boxes({"_size": [256, 128], "a": [0, 0, 256, 128], "b": "junk"}, (64, 32))
     assert boxes["a"] == [0, 0, 64, 32] and boxes["b"] == "junk"  # junk left for parse_box
     with pytest.raises(BoxError):
-        scale_boxes([[0, 0, 1, 1]], (SIZE, SIZE))
+        read_boxes([[0, 0, 1, 1]], (SIZE, SIZE))
 
 
 def test_box_lookup_by_names_without_digits():
@@ -362,7 +362,7 @@ def test_pair_resolves_boxes_by_name_for_files_without_digits(lab, tmp_path, ima
     for name, px in zip(("cat.png", "horse.png"), images):
         Image.fromarray((px.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
             tmp_path / name)
-    boxes = load_boxes_from(tmp_path, {"_size": 128, "cat.png": [16, 16, 112, 112],
+    boxes = read_boxes_from(tmp_path, {"_size": 128, "cat.png": [16, 16, 112, 112],
                                        "horse": [0, 32, 128, 96]})
     pair = lab.pair(tmp_path / "cat.png", tmp_path / "horse.png", boxes=boxes, mask="box",
                     size=SIZE)
@@ -370,9 +370,9 @@ def test_pair_resolves_boxes_by_name_for_files_without_digits(lab, tmp_path, ima
     assert pair.structure_mask.sum() == 64 * 32
 
 
-def load_boxes_from(folder: Path, data: dict) -> dict:
+def read_boxes_from(folder: Path, data: dict) -> dict:
     (folder / "boxes.json").write_text(json.dumps(data))
-    return load_boxes(folder / "boxes.json")
+    return read_boxes(folder / "boxes.json")
 
 
 # ================================================================= masks ====
@@ -1051,9 +1051,9 @@ def test_safe_names_never_leave_their_folder():
 
 @pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b'[{"appearance": 3, "structure": "s.png"}]',
                                      b'[{"appearance": "a.png"}]', b"[]"])
-def test_bad_pairs_json_is_a_config_error(tmp_path, content):
-    from e4e_lab.evaluation.evaluate import read_pairs
+def test_bad_pairs_json_is_a_box_error(tmp_path, content):
+    from e4e_lab.io.formats import read_pairs_folder
 
     (tmp_path / "pairs.json").write_bytes(content)
-    with pytest.raises(ConfigError, match="pairs"):
-        read_pairs(tmp_path)
+    with pytest.raises(BoxError, match="pairs"):
+        read_pairs_folder(tmp_path)

@@ -195,9 +195,9 @@ def test_pair_boxes_save_load_and_pair(mlab, pair, tmp_path):
     other.load(path)
     assert other.path.value == str(tmp_path / "mine.json")
     # the saved file is what the library reads
-    from e4e_lab.io.formats import load_boxes, scale_boxes
+    from e4e_lab.io.formats import read_boxes
 
-    assert scale_boxes(load_boxes(path), (SIZE, SIZE))["struct.png"] == [10, 10, 50, 60]
+    assert read_boxes(path, (SIZE, SIZE))["struct.png"] == [10, 10, 50, 60]
 
 
 # -------------------------------------------------------------------- masks --
@@ -214,7 +214,7 @@ def test_mask_editor_box_and_grids(mlab, pair):
     assert ed.view.overlay[..., 3].max() == round(0.2 * 255)
     ed.on_click(5, 5)  # clicks only refine SAM masks
     assert ed.points == [] and "SAM-HQ" in ed.status.value
-    ed.source.value = "full"
+    ed.source.value = "none"
     assert ed.mask.sum() == SIZE * SIZE
 
 
@@ -240,7 +240,7 @@ def test_mask_editor_sam_clicks(mlab, pair):
 
 def test_pair_mask_editor_builds_the_pair(mlab, pair):
     ed = PairMaskEditor(mlab, pair)
-    ed.structure.source.value = "full"
+    ed.structure.source.value = "none"
     p = ed.pair()
     assert p.structure_mask.sum() == SIZE * SIZE
     assert torch.equal(p.appearance_mask, box_mask(APP_BOX, (SIZE, SIZE)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from e4e_lab.analysis.parts import pair_parts  # noqa: E402
 from e4e_lab.errors import BoxError, ConfigError  # noqa: E402
 from e4e_lab.evaluation import evaluate  # noqa: E402
 from e4e_lab.evaluation.baselines import paint_by_example  # noqa: E402
-from e4e_lab.io.formats import load_boxes  # noqa: E402
+from e4e_lab.io.formats import ObjectSpec, PairSpec, read_boxes, read_pairs  # noqa: E402
 from e4e_lab.method.config import TransferConfig  # noqa: E402
 from e4e_lab.method.images import LoadedImage  # noqa: E402
 from e4e_lab.method.masks import box_mask  # noqa: E402
@@ -57,7 +58,7 @@ def cfg():
 
 def example_pair(lab):
     return lab.pair(EX / "chelsea_cat.png", EX / "horse_silhouette.png",
-                    boxes=load_boxes(EX / "boxes.json"), mask="box", size=SIZE)
+                    boxes=EX / "boxes.json", mask="box", size=SIZE)
 
 
 def drag(drawer, a, b):
@@ -117,9 +118,8 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
     assert d.pairs[1].reference == 1 and d.reference.image is cup
     drag(d.target, (34, 10), (62, 58))
     drag(d.reference, (10, 8), (54, 56))
-    assert d.objects() == [
-        {"appearance": cat, "target_box": [4, 6, 30, 40], "appearance_box": [2, 2, 50, 60]},
-        {"appearance": cup, "target_box": [34, 10, 62, 58], "appearance_box": [10, 8, 54, 56]}]
+    assert d.objects() == [ObjectSpec(cat, [4, 6, 30, 40], [2, 2, 50, 60]),
+                           ObjectSpec(cup, [34, 10, 62, 58], [10, 8, 54, 56])]
 
     multi = d.multi_pair(mask="box")
     assert [m.name for m in multi.references] == ["chelsea_cat.png", "coffee_cup.png"]
@@ -154,12 +154,10 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
     d.remove_pair()
     assert d.pairs == [] and d.selected is None and "no pairs" in d.legend.value
     drag(d.target, (1, 1), (20, 20))  # drawing with no pair adds one
-    assert d.objects() == [{"appearance": cat, "target_box": [1, 1, 20, 20]}]
+    assert d.objects() == [ObjectSpec(cat, target_box=[1, 1, 20, 20])]
 
 
 def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
-    from e4e_lab.io.formats import load_object_pairs
-
     structure, cat, cup = imgs
     d = MultiBoxDrawer(mlab, structure, [cat, cup], pairs=EX / "multi_pairs.json")
     # drawn at 512 px ("_size"), rescaled to 64
@@ -174,14 +172,13 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
     assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
         EX / "chelsea_cat.png", EX / "coffee_cup.png"]
     # the CLI's --pairs reader and Lab.multi_pair see the same pairs
-    objects, boxes_size = load_object_pairs(saved)
-    multi = mlab.multi_pair(structure, objects, mask="box", boxes_size=boxes_size)
+    multi = mlab.multi_pair(structure, read_pairs(saved), mask="box")
     assert multi.boxes == d.multi_pair(mask="box").boxes
     assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",
                                                                      EX / "coffee_cup.png"]
     # a reference that is not given is loaded from the file
     other = MultiBoxDrawer(mlab, structure, [cat], path=saved)
-    assert other.load() == [{**o, "appearance": other.references[i]}
+    assert other.load() == [dataclasses.replace(o, appearance=other.references[i])
                             for o, i in zip(d.objects(), (0, 1))]
     assert [r.name for r in other.references] == ["chelsea_cat.png", "coffee_cup.png"]
     assert torch.equal(other.references[1].pixels, cup.pixels)
@@ -221,9 +218,9 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
     pbe = grid.results[3]
     assert torch.equal(pbe.image, paint_by_example(grid.pbe, pair, seed=cfg.seed, steps=4))
     # evaluate() runs the same code path: the same scores
-    spec = evaluate.PairSpec("cat_horse", EX / "chelsea_cat.png", EX / "horse_silhouette.png",
+    spec = PairSpec("cat_horse", EX / "chelsea_cat.png", EX / "horse_silhouette.png",
                              cfg.domain)
-    rows, _ = evaluate.evaluate(lab, [spec], load_boxes(EX / "boxes.json"), ("v",), cfg,
+    rows, _ = evaluate.evaluate(lab, [spec], read_boxes(EX / "boxes.json"), ("v",), cfg,
                                 mask="box", size=SIZE)
     assert {k: rows[0][k] for k in grid.results[1].scores} == grid.results[1].scores
     assert len(list(lab.disk_cache.folder.glob("*.safetensors"))) == 2

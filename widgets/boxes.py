@@ -22,7 +22,7 @@ from typing import Callable, Hashable
 import ipywidgets as W
 
 from e4e_lab.errors import BoxError
-from e4e_lab.io.formats import load_boxes, lookup_box, parse_box, save_boxes, scale_boxes
+from e4e_lab.io.formats import lookup_box, parse_box, read_boxes, write_boxes
 from e4e_lab.method.images import LoadedImage
 
 from . import render
@@ -270,10 +270,6 @@ class PairBoxDrawer(LabWidget):
         """``{file name: [x0, y0, x1, y1]}`` for the images that have a box."""
         return {d.name: list(d.box) for d in self.drawers if d.box is not None}
 
-    def _size_entry(self):
-        w, h = self.structure.size
-        return w if w == h else (w, h)
-
     def save(self, path: str | Path | None = None) -> Path:
         """Write the boxes JSON (with its ``_size``) that the CLI's ``--boxes`` reads.
 
@@ -281,23 +277,14 @@ class PairBoxDrawer(LabWidget):
         ours are written at the resolution the file declares (its ``"_size"``).
         """
         p = Path(path if path is not None else self.path.value).expanduser()
-        ours: dict = self.boxes()
-        size = self._size_entry()
+        ours = self.boxes()
         try:
-            existing = load_boxes(p) if p.is_file() else {}
-            declared = existing.get("_size")
-            if declared is not None:
-                wh = (declared, declared) if isinstance(declared, (int, float)) else declared
-                ours = scale_boxes({"_size": size, **ours}, tuple(wh))
-                size = declared
-            merged = {k: v for k, v in existing.items() if not str(k).startswith("_")}
-            merged.update(ours)
-            save_boxes(p, merged, size=size)
+            written = write_boxes(p, ours, self.structure.size)
         except (OSError, BoxError) as exc:
             self.status.value = status_html(f"could not save '{p}': {exc}", "error")
             raise
         self.path.value = str(p)
-        kept = len(merged) - len(ours)
+        kept = len(written) - len(ours)
         self.status.value = status_html(
             f"saved {len(ours)} box(es) to {p}" + (f" (kept {kept} other)" if kept else ""), "ok")
         return p
@@ -308,8 +295,7 @@ class PairBoxDrawer(LabWidget):
         if source is None:
             source = self.path.value
         try:
-            data = dict(source) if isinstance(source, dict) else load_boxes(source)
-            scaled = scale_boxes(data, self.structure.size)
+            scaled = read_boxes(source, self.structure.size)
             found = 0
             for d in self.drawers:
                 b = lookup_box(scaled, d.name)

@@ -14,6 +14,7 @@ import torch
 
 from e4e_lab.analysis.grids import layer_masks
 from e4e_lab.errors import E4ELabError, ModelUnavailableError
+from e4e_lab.io.formats import MaskMode
 from e4e_lab.method.images import LoadedImage
 from e4e_lab.method.masks import object_mask
 
@@ -21,7 +22,8 @@ from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, captioned, image_widget, set_image, status_html
 
-SOURCES = [("SAM-HQ (box + clicks)", "sam"), ("box", "box"), ("whole image", "full")]
+SOURCES = [("SAM-HQ (box + clicks)", MaskMode.SAM.value), ("box", MaskMode.BOX.value),
+           ("whole image", MaskMode.NONE.value)]
 
 
 def default_masker(lab):
@@ -44,8 +46,7 @@ class MaskEditor(LabWidget):
         self.models = models if models is not None else getattr(lab, "models", None)
         self.image, self.box = image, None if box is None else tuple(box)
         self.masker = masker
-        if source == "auto":
-            source = "sam" if (masker is not None and box is not None) else "box"
+        source = MaskMode.parse(source).resolve(box is not None, masker is not None).value
         self.points: list[tuple[float, float]] = []
         self.labels: list[int] = []
         self.mask: torch.Tensor = torch.ones(image.size[1], image.size[0])
@@ -79,7 +80,7 @@ class MaskEditor(LabWidget):
     # --------------------------------------------------------------- events --
     def on_click(self, x: float, y: float) -> None:
         """Add a click at model pixel (x, y) with the current label and recompute."""
-        if self.source.value != "sam":
+        if self.source.value != MaskMode.SAM:
             self.status.value = status_html(
                 "clicks refine SAM-HQ masks: choose 'SAM-HQ' as the mask source", "warn")
             return
@@ -106,8 +107,8 @@ class MaskEditor(LabWidget):
     def update(self) -> None:
         """Recompute the mask from the source, box and clicks, and redraw."""
         source = self.source.value
-        if source == "sam" and self.masker is None:
-            self.mask = object_mask(self.image, self.box, "box")
+        if source == MaskMode.SAM and self.masker is None:
+            self.mask = object_mask(self.image, self.box, MaskMode.BOX)
             self.status.value = status_html(
                 "SAM-HQ checkpoint not found: the mask is the box (pass sam_checkpoint= to "
                 "Lab, or a masker= here)", "warn")

@@ -17,16 +17,14 @@ read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
 from __future__ import annotations
 
 import html
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import ipywidgets as W
 
 from e4e_lab.errors import BoxError
-from e4e_lab.io.cache import atomic_write_text
-from e4e_lab.io.formats import Box, load_object_pairs, object_pairs, parse_box, scale_boxes
+from e4e_lab.io.formats import (Box, ObjectSpec, pairs_document, parse_box, read_pairs,
+                                 write_pairs)
 from e4e_lab.method.images import LoadedImage
 
 from . import render
@@ -247,18 +245,13 @@ class MultiBoxDrawer(LabWidget):
                 "boxes in model pixels; click a pair's box on an image to edit that pair</small>")
 
     # ------------------------------------------------------------------ output --
-    def objects(self) -> list[dict]:
+    def objects(self) -> list[ObjectSpec]:
         """The pairs as ``Lab.multi_pair(structure, objects)`` takes them (a missing box
-        is left out: the library then uses the whole image)."""
-        out = []
-        for p in self.pairs:
-            obj: dict = {"appearance": self.references[p.reference]}
-            if p.target_box is not None:
-                obj["target_box"] = list(p.target_box)
-            if p.appearance_box is not None:
-                obj["appearance_box"] = list(p.appearance_box)
-            out.append(obj)
-        return out
+        stays None: the library then uses the whole image)."""
+        return [ObjectSpec(self.references[p.reference],
+                           None if p.target_box is None else list(p.target_box),
+                           None if p.appearance_box is None else list(p.appearance_box))
+                for p in self.pairs]
 
     def multi_pair(self, mask: str = "auto", **kwargs):
         """``lab.multi_pair`` of the structure with the drawn pairs."""
@@ -267,21 +260,13 @@ class MultiBoxDrawer(LabWidget):
     def to_json(self, folder: str | Path = ".") -> dict:
         """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the
         CLI reads them relative to the JSON file)."""
-        w, h = self.structure.size
-        objects = []
-        for obj in self.objects():
-            ref = obj["appearance"]
-            src = Path(ref.source) if ref.source else None
-            where = (Path(os.path.relpath(src.resolve(), Path(folder).resolve())).as_posix()
-                     if src is not None and src.is_file() else ref.name)
-            objects.append({**obj, "appearance": where})
-        return {"_size": w if w == h else [w, h], "objects": objects}
+        return pairs_document(self.objects(), self.structure.size, folder)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the pairs JSON that ``e4e-lab transfer --pairs`` reads."""
         p = Path(path if path is not None else self.path.value).expanduser()
         try:
-            atomic_write_text(p, json.dumps(self.to_json(p.parent), indent=2))
+            write_pairs(p, self.objects(), self.structure.size)
         except OSError as exc:
             self.status.value = status_html(f"could not save '{p}': {exc}", "error")
             raise
@@ -290,7 +275,7 @@ class MultiBoxDrawer(LabWidget):
         return p
 
     def load(self, source: str | Path | dict | list | None = None, folder: str | Path = "."
-             ) -> list[dict]:
+             ) -> list[ObjectSpec]:
         """Read pairs from a ``--pairs`` JSON path (default: the path field), a dict, or
         an objects list like :meth:`objects` (appearance paths relative to ``folder``).
         Boxes drawn at another resolution (``_size``) are rescaled; appearance images
@@ -298,17 +283,9 @@ class MultiBoxDrawer(LabWidget):
         set. Replaces the pairs (left as they were on an error)."""
         if source is None:
             source = self.path.value
-        if isinstance(source, list):
-            source = {"objects": source}
         try:
-            if isinstance(source, dict):
-                objects, declared = object_pairs(source, "the given pairs")
-                base = Path(folder)
-            else:  # appearance paths come back relative to the file's folder
-                objects, declared = load_object_pairs(source)
-                base = Path(".")
-            pairs = [self._parse_object(n, obj, declared, base)
-                     for n, obj in enumerate(objects)]
+            pairs = [self._parse_object(n, spec) for n, spec in
+                     enumerate(read_pairs(source, folder=folder))]
         except BoxError as exc:
             self.status.value = status_html(str(exc), "error")
             raise
@@ -316,43 +293,39 @@ class MultiBoxDrawer(LabWidget):
         for target_box, ref, ref_box in pairs:
             self.add_pair(target_box, ref_box, ref)
         self.select(0)
-        where = "the given pairs" if isinstance(source, dict) else str(source)
+        where = "the given pairs" if isinstance(source, (dict, list)) else str(source)
         self.status.value = status_html(f"loaded {len(pairs)} pair(s) from {where}", "ok")
         return self.objects()
 
     # ------------------------------------------------------------------ parsing --
-    def _parse_object(self, n: int, obj, declared, base: Path
-                      ) -> tuple[Box | None, int, Box | None]:
+    def _parse_object(self, n: int, spec: ObjectSpec) -> tuple[Box | None, int, Box | None]:
         name = f"objects[{n}]"
-        if not isinstance(obj, dict) or not isinstance(obj.get("appearance"), (str, LoadedImage)):
-            raise BoxError(f"{name} must be an object with \"appearance\": PATH, got {obj!r}")
-        ref = self._find_reference(obj["appearance"], base, name)
-        boxes = {"t": obj.get("target_box"), "a": obj.get("appearance_box")}
-        if declared is not None:
-            boxes = scale_boxes({"_size": declared, **boxes}, self.structure.size)
+        if not isinstance(spec.appearance, (str, LoadedImage)):
+            raise BoxError(f"{name} must be an object with \"appearance\": PATH, got {spec!r}")
+        ref = self._find_reference(spec.appearance, name)
         size = self.structure.size
-        target, appearance = (None if boxes[k] is None else
-                              parse_box(boxes[k], size, f"{name}.{field}")
-                              for k, field in (("t", "target_box"), ("a", "appearance_box")))
+        target, appearance = (None if box is None else parse_box(box, size, f"{name}.{field}")
+                              for box, field in zip(spec.boxes_at(size),
+                                                    ("target_box", "appearance_box")))
         return target, ref, appearance
 
-    def _find_reference(self, appearance, base: Path, name: str) -> int:
+    def _find_reference(self, appearance, name: str) -> int:
         """Index of a reference: the same image, the same file, or the same file name;
         else the file is loaded (needs ``lab``)."""
         if isinstance(appearance, LoadedImage):
             known = [n for n, r in enumerate(self.references) if r is appearance]
             return known[0] if known else self.add_reference(appearance)
-        path = base / appearance
+        path = Path(appearance)
         for n, r in enumerate(self.references):
             if r.source and Path(r.source).resolve() == path.resolve():
                 return n
         for n, r in enumerate(self.references):
-            if r.name == Path(appearance).name:
+            if r.name == path.name:
                 return n
         if self.lab is None or not path.is_file():
             names = ", ".join(r.name for r in self.references)
             raise BoxError(f"{name}.appearance '{appearance}' is none of the reference images "
-                           f"({names}) and no such file exists under '{base}': pass it in "
-                           "references or fix the path")
+                           f"({names}) and no such file exists: pass it in references or fix "
+                           "the path")
         return self.add_reference(self.lab.load_image(path, self.structure.size[0],
                                                       fit=self.structure.fit))

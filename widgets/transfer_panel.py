@@ -16,6 +16,7 @@ from typing import Callable
 import ipywidgets as W
 
 from e4e_lab.errors import E4ELabError, TransferCancelled
+from e4e_lab.io.formats import MaskMode
 from e4e_lab.method.config import (CORRESPONDENCE_SOURCES, FREEU_MODES, INJECTION_MODES,
                                    TransferConfig)
 from e4e_lab.method.latents import decode, fast_preview
@@ -121,7 +122,7 @@ class TransferPanel(BackgroundRun, LabWidget):
             return self.pair
         full_a, full_s = full_mask(self.pair.appearance.size), full_mask(self.pair.structure.size)
         return dataclasses.replace(self.pair, appearance_mask=full_a, structure_mask=full_s,
-                                   mask_mode="none")
+                                   mask_mode=MaskMode.NONE)
 
     # ------------------------------------------------------------ run, stop --
     def run(self, block: bool = False) -> bool:

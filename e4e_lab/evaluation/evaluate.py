@@ -2,7 +2,7 @@
 
 A pairs folder holds ``pairs.json`` (a list of ``{"name", "appearance", "structure",
 "domain"}``, paths relative to the folder) and optionally ``boxes.json`` (see
-``example/``). Every method runs on the same cached inversions and seed; each result
+``example/``; read by :func:`e4e_lab.io.formats.read_pairs_folder`). Every method runs on the same cached inversions and seed; each result
 is scored with :mod:`e4e_lab.analysis.metrics`; :mod:`e4e_lab.evaluation.report` writes
 ``results.csv``, the images under ``images/<pair>/<method>.png`` and a self-contained
 plotly HTML report.
@@ -14,7 +14,6 @@ its share and the main process merges them into one CSV and report.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -26,7 +25,7 @@ import torch
 
 from ..analysis import metrics
 from ..errors import ConfigError, ModelUnavailableError
-from ..io.formats import load_boxes
+from ..io.formats import PairSpec, read_pairs_folder
 from ..method.config import TransferConfig
 from .report import read_csv, save_images, write_csv, write_report
 
@@ -44,38 +43,6 @@ HIGHER_IS_BETTER = {"ssim": True, "edge_ssim": True, "histogram_distance": False
                     "cycle_consistency": True}
 # scores of the pair's DIFT correspondence, not of a method's image: equal for every method
 PAIR_LEVEL_SCORES = ("part_agreement", "cycle_consistency")
-
-
-@dataclass
-class PairSpec:
-    name: str
-    appearance: Path
-    structure: Path
-    domain: str = "object"
-
-
-def read_pairs(folder: str | Path) -> tuple[list[PairSpec], dict | None]:
-    folder = Path(folder)
-    spec = folder / "pairs.json"
-    if not spec.is_file():
-        raise ConfigError("pairs-dir", str(folder), "a folder with a pairs.json file "
-                          '([{"name", "appearance", "structure", "domain"}], see example/)')
-    try:
-        data = json.loads(spec.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("pairs-dir", str(spec), f"valid UTF-8 JSON ({exc})") from None
-    if not isinstance(data, list) or not data:
-        raise ConfigError("pairs-dir", str(spec), "a non-empty JSON list of pairs")
-    pairs = []
-    for n, p in enumerate(data):
-        if not (isinstance(p, dict) and isinstance(p.get("appearance"), str)
-                and isinstance(p.get("structure"), str)):
-            raise ConfigError(f"pairs.json[{n}]", p,
-                              'an object with "appearance" and "structure" paths')
-        pairs.append(PairSpec(str(p.get("name", f"pair{n}")), folder / p["appearance"],
-                              folder / p["structure"], str(p.get("domain", "object"))))
-    boxes = load_boxes(folder / "boxes.json") if (folder / "boxes.json").is_file() else None
-    return pairs, boxes
 
 
 def scoring_parts(lab, pair, config: TransferConfig, k_parts: int = 4):
@@ -278,7 +245,7 @@ def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
         state, index, world = None, 0, 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pairs, boxes = read_pairs(pairs_dir)
+    pairs, boxes = read_pairs_folder(pairs_dir)
     # the main process loads the models first: a first use builds (or downloads) them into
     # the shared cache, and transformers' save_pretrained writes no weights on a rank != 0
     with state.main_process_first() if state is not None else nullcontext():

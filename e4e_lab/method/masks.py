@@ -1,8 +1,8 @@
 """Stage 1: object masks, and masks brought to the grids the method works on.
 
 A mask is an (H, W) float tensor of 0/1 at image resolution: the whole image, a box,
-a SAM-HQ mask (:func:`object_mask`) or a user's mask (:func:`as_mask`,
-:func:`load_mask`). :func:`matching_mask` and :func:`adain_masks` bring it to a layer
+a SAM-HQ mask (:func:`object_mask`, by :class:`~e4e_lab.io.formats.MaskMode`) or a
+user's mask (:func:`as_mask`, :func:`load_mask`). :func:`matching_mask` and :func:`adain_masks` bring it to a layer
 or latent grid the way the published code does (or by area averaging), and
 :func:`mask_at` is the area rule used for display and analysis.
 """
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MaskError
-from ..io.formats import Box
+from ..io.formats import Box, MaskMode
 from .config import MASK_RESIZE_MODES
 from .images import LoadedImage, open_image
 
@@ -36,24 +36,23 @@ def full_mask(size: tuple[int, int]) -> torch.Tensor:
     return torch.ones(h, w)
 
 
-MASK_SOURCES = ("sam", "box", "full")
-
-
-def object_mask(image: LoadedImage, box: Box | None, source: str = "sam", masker=None,
-                points: Sequence[tuple[float, float]] = (),
+def object_mask(image: LoadedImage, box: Box | None, mode: MaskMode | str = MaskMode.SAM,
+                masker=None, points: Sequence[tuple[float, float]] = (),
                 labels: Sequence[int] = ()) -> torch.Tensor:
-    """(H, W) 0/1 mask of an image: SAM-HQ from the box and clicks, the box, or all.
+    """(H, W) 0/1 mask of an image by ``mode`` (:class:`~e4e_lab.io.formats.MaskMode`):
+    SAM-HQ (``masker``) from the box and clicks, the box, or the whole image (also
+    without a box, or without a box or a click for SAM-HQ).
 
-    ``labels`` are 1 for object clicks and 0 for background clicks.
+    ``labels`` are 1 for object clicks and 0 for background clicks; ``auto`` uses SAM-HQ
+    when a masker and a box are given, else the box.
     """
-    if source not in MASK_SOURCES:
-        raise ValueError(f"mask source must be one of {', '.join(MASK_SOURCES)}, got {source!r}")
-    if source == "full" or (source == "box" and box is None):
+    mode = MaskMode.parse(mode).resolve(box is not None, masker is not None)
+    if mode is MaskMode.NONE or (mode is MaskMode.BOX and box is None):
         return full_mask(image.size)
-    if source == "box":
+    if mode is MaskMode.BOX:
         return box_mask(box, image.size)
     if masker is None:
-        raise ValueError("SAM-HQ is not loaded: pass a masker (Lab.sam()) or use source='box'")
+        raise ValueError("SAM-HQ is not loaded: pass a masker (Lab.sam()) or use mode 'box'")
     if box is None and not points:
         return full_mask(image.size)
     return masker.mask(image, box, list(points) or None, list(labels) or None)
