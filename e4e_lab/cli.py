@@ -16,8 +16,6 @@ from .io.formats import MaskMode
 from .method.config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
                             RESAMPLE_MODES, SCHEDULES, TransferConfig)
 
-log = logging.getLogger("e4e_lab")
-
 MASK_CHOICES = tuple(m.value for m in MaskMode)
 
 
@@ -70,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resizing filter (default bicubic, as the published code)")
     m = t.add_argument_group("model")
     m.add_argument("--model", default="auto",
-                   help="auto (SD 1.5 if available, else tiny), tiny, a hub id or a folder")
+                   help="auto (SD 1.5 if available, else the toy model), toy, tiny, a hub id "
+                   "or a folder")
     m.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
     m.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                    help="default float16 on CUDA, float32 on CPU")

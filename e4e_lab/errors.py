@@ -36,10 +36,6 @@ class ModelUnavailableError(E4ELabError, RuntimeError):
     """A model (diffusion pipeline, SAM-HQ checkpoint...) cannot be loaded."""
 
 
-class CacheError(E4ELabError, RuntimeError):
-    """A cache entry is corrupt or does not match its key."""
-
-
 class NumericalError(E4ELabError, FloatingPointError):
     """NaN or Inf appeared in the latents during a stage."""
 

@@ -3,12 +3,16 @@
 ``Lab`` holds the loaded models and the caches and exposes the stages one at a time,
 so a notebook can load a pair, invert it once, and re-run the transfer many times::
 
-    lab = Lab(model="auto")                 # real SD 1.5 if available, else tiny
+    lab = Lab(model="auto")                 # real SD 1.5 if available, else the toy model
     pair = lab.pair("app.png", "struct.png", appearance_box=[...], structure_box=[...])
     result = lab.transfer(pair, TransferConfig(domain="bird", injection="v"))
 
-Nothing is global: two ``Lab`` objects never share state except the on-disk cache,
-which is safe to share.
+Nothing is global. Each ``Lab`` keeps its own in-memory inversions; the on-disk cache is
+safe to share between sessions and processes. ``Lab(models=...)`` shares one loaded
+:class:`~e4e_lab.models.loading.Models` between sessions: the UNet, the attention
+processors a running transfer installs on it, and its lock (:meth:`Models.in_use`), so
+only one of them runs the UNet at a time and the others wait (or get
+:class:`~e4e_lab.errors.ModelBusy`).
 """
 
 from __future__ import annotations
@@ -300,6 +304,8 @@ class Lab:
         return [self._inversions[k] for k in keys]
 
     def forget_inversions(self) -> None:
+        """Drop the inversions kept in memory (the disk cache keeps them): a long loop over
+        many pairs, such as the toy-world benchmark, then holds one pair's at a time."""
         self._inversions.clear()
 
     # -------------------------------------------------------------- stage 4 --

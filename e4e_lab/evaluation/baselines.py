@@ -14,7 +14,6 @@ not meaningful), saved once and loaded through the same ``from_pretrained`` path
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from ..io.paths import cache_root
 from ..method.images import to_uint8
 from ..models.loading import default_device, default_dtype
 from ..models.tiny import TINY_SEED, build_once, tiny_model_path
-
-log = logging.getLogger(__name__)
 
 PBE_MODEL = "Fantasy-Studio/Paint-by-Example"
 TINY_PBE_VERSION = "tiny-paint-by-example-v1"

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from .masks import mask_at
 
 # Similarity matrices larger than this many elements are computed in row chunks.
 _CHUNK_ELEMENTS = 1 << 24
@@ -90,13 +91,6 @@ def nearest_neighbors(query: torch.Tensor, ref: torch.Tensor,
     return index, score
 
 
-def similarity_map(query_vector: torch.Tensor, ref_normalized: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of one (C,) vector against pre-normalised (M, C) rows."""
-    q = query_vector.float()
-    q = q / q.norm().clamp_min(torch.finfo(torch.float32).tiny)
-    return ref_normalized @ q
-
-
 @dataclass
 class CorrespondenceField:
     """Target grid positions -> reference grid positions (row-major flat indices).
@@ -118,8 +112,6 @@ class CorrespondenceField:
 
         Masks are (h, w) / (h', w') maps (any resolution is resized to the features').
         """
-        from .masks import mask_at
-
         (c, ht, wt), (_, hr, wr) = target.shape, ref.shape
         tm = None if target_mask is None else mask_at(target_mask, (ht, wt)).flatten()
         rm = None if ref_mask is None else mask_at(ref_mask, (hr, wr)).flatten()
@@ -184,15 +176,8 @@ class CorrespondenceField:
 
     def unused(self, ref_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(h_r, w_r) bool: reference positions (inside ``ref_mask``) used by no target."""
-        from .masks import mask_at
-
         unused = self.usage() == 0
         if ref_mask is not None:
             unused &= mask_at(ref_mask, self.ref_shape).to(unused.device) > 0
         return unused
 
-
-def upsample_features(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (C, h, w) features, e.g. to compare grids of different layers."""
-    return F.interpolate(features[None].float(), size=size, mode="bilinear",
-                         align_corners=False)[0]

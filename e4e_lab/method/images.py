@@ -63,9 +63,6 @@ class LoadedImage:
         """(H, W, 3) uint8 array."""
         return to_uint8(self.pixels)
 
-    def to_pil(self) -> Image.Image:
-        return Image.fromarray(self.to_uint8())
-
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 1] -> (H, W, 3) uint8."""

@@ -22,7 +22,6 @@ code keyed by file stem inside a per-pair folder and reused stale latents).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -37,8 +36,6 @@ from .config import InversionConfig
 from .images import LoadedImage
 from .latents import encode
 from .seeding import image_generator
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

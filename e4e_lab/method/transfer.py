@@ -17,7 +17,6 @@ cancels the run between steps; the UNet's processors are restored whatever happe
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,8 +38,6 @@ from .layers import BatchLayout, injected_layers, layer_level
 from .masks import adain_masks
 from .recording import RunRecorder
 from .regions import InjectionState, RegionPair
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..method.correspondence import CorrespondenceField, normalize_rows
+from ..method.correspondence import CorrespondenceField
 from ..method.images import LoadedImage
 from ..method.latents import encode
 from ..method.seeding import image_generator
@@ -29,7 +29,7 @@ class _Stop(Exception):
 
 @dataclass
 class DiftFeatures:
-    """(C, h, w) float32 features of one image, with unit-normalised rows for lookups."""
+    """(C, h, w) float32 DIFT features of one image and the settings that made them."""
 
     features: torch.Tensor
     timestep: int
@@ -39,11 +39,6 @@ class DiftFeatures:
     @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.features.shape[1:])
-
-    def normalized(self) -> torch.Tensor:
-        """(h*w, C) unit rows: a click's heatmap is one matrix-vector product."""
-        c = self.features.shape[0]
-        return normalize_rows(self.features.reshape(c, -1).T)[0]
 
 
 @torch.no_grad()
