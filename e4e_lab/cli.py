@@ -33,10 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="e4e-lab", description="Eye-for-an-eye appearance transfer.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = TransferConfig()
+    _add_transfer(sub, d)
+    _add_evaluate(sub, d)
+    return p
+
+
+def _add_transfer(sub, d: TransferConfig) -> None:
     t = sub.add_parser("transfer", help="transfer the appearance of one image onto another",
                        description="Keep the structure image's shape, take colours from the "
                        "appearance image by semantic correspondence.")
-    io_ = t.add_argument_group("inputs and outputs")
+    _add_inputs(t.add_argument_group("inputs and outputs"))
+    _add_model(t.add_argument_group("model"), d)
+    _add_method(t.add_argument_group("method"), d)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_inputs(io_) -> None:
     io_.add_argument("--appearance", metavar="PATH",
                      help="appearance image (not needed with --pairs)")
     io_.add_argument("--structure", required=True, metavar="PATH", help="structure image")
@@ -66,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how non-square images reach the model size (default stretch)")
     io_.add_argument("--resample", choices=RESAMPLE_MODES, default="bicubic",
                      help="resizing filter (default bicubic, as the published code)")
-    m = t.add_argument_group("model")
+
+
+def _add_model(m, d: TransferConfig) -> None:
     m.add_argument("--model", default="auto",
                    help="auto (SD 1.5 if available, else the toy model), toy, tiny, a hub id "
                    "or a folder")
@@ -79,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FreeU placement: reference (every decoder-block input, as published; "
                    "default) or diffusers (its enable_freeu)")
     m.add_argument("--no-freeu", action="store_true", help="turn FreeU off")
-    meth = t.add_argument_group("method")
+
+
+def _add_method(meth, d: TransferConfig) -> None:
     meth.add_argument("--domain", default=d.domain, metavar="WORD",
                       help='object category for the prompt "A photo of a {domain}"')
     meth.add_argument("--injection", choices=INJECTION_MODES, default=d.injection)
@@ -99,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="masks on layer grids: reference (bilinear, as published; default) "
                       "or area (area average >= 0.5)")
     meth.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.add_argument("--debug", action="store_true", help="show tracebacks")
 
+
+def _add_evaluate(sub, d: TransferConfig) -> None:
     e = sub.add_parser("evaluate", help="run every method over a folder of pairs and score them",
                        description="Writes results.csv and report.html into --out. Under "
                        "`accelerate launch --multi_gpu --num_processes N -m e4e_lab evaluate ...` "
@@ -128,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=d.seed)
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--debug", action="store_true", help="show tracebacks")
-    return p
 
 
 def _config(args) -> TransferConfig:
@@ -142,8 +158,9 @@ def _config(args) -> TransferConfig:
     )
 
 
-def _transfer(args) -> int:
-    config = _config(args)  # validate before importing or loading anything heavy
+def _check_inputs(args):
+    """Read the boxes and pairs files and refuse bad images and an existing run now, not
+    after loading the model and running. Returns (boxes, objects or None)."""
     from .io.formats import read_boxes, read_pairs
     from .io.outputs import check_output
     from .method.images import check_image_file
@@ -152,14 +169,57 @@ def _transfer(args) -> int:
     objects = read_pairs(args.pairs) if args.pairs else None
     if objects is None and not args.appearance:
         raise ConfigError("appearance", None, "give --appearance PATH (or --pairs JSON)")
-    # refuse bad files and an existing run now, not after loading the model and running
     for path in ([args.appearance] if objects is None else [o.appearance for o in objects]
                  ) + [args.structure] + [m for m in (args.appearance_mask, args.structure_mask) if m]:
         check_image_file(path)
     check_output(args.out, args.overwrite)
+    return boxes, objects
+
+
+def _load_pair(lab, args, boxes, objects):
+    """The run's inputs: a multi-object pair from --pairs, else the two images."""
+    if objects is not None:
+        return lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
+                              fit=args.fit, resample=args.resample)
+    from .method.masks import load_mask
+
+    return lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
+                    structure_box=args.structure_box, boxes=boxes, mask=args.mask,
+                    size=args.size, fit=args.fit, resample=args.resample,
+                    appearance_mask=load_mask(args.appearance_mask, args.fit),
+                    structure_mask=load_mask(args.structure_mask, args.fit))
+
+
+class _Bars:
+    """Progress bars on stderr: the inversion (UNet passes), then the denoising steps."""
+
+    def __init__(self, quiet: bool, injection: str):
+        self.quiet, self.injection, self.bars = quiet, injection, {}
+
+    def _bar(self, name, total, **kw):
+        from tqdm.auto import tqdm
+
+        if name not in self.bars:
+            self.bars[name] = tqdm(total=total, disable=self.quiet, file=sys.stderr, **kw)
+        return self.bars[name]
+
+    def inversion(self, done, total):
+        b = self._bar("inv", total, desc="inversion", unit="unet")
+        b.update(done - b.n)
+
+    def step(self, ev):
+        self._bar("den", ev.total, desc=f"transfer ({self.injection})", unit="step").update(1)
+
+    def close(self):
+        for b in self.bars.values():
+            b.close()
+
+
+def _transfer(args) -> int:
+    config = _config(args)  # validate before importing or loading anything heavy
+    boxes, objects = _check_inputs(args)
 
     import torch
-    from tqdm.auto import tqdm
 
     from .io.outputs import save_run
     from .session import Lab
@@ -168,37 +228,13 @@ def _transfer(args) -> int:
     t0 = time.perf_counter()
     lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
               use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
-    if objects is not None:
-        pair = lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
-                              fit=args.fit, resample=args.resample)
-    else:
-        from .method.masks import load_mask
-
-        pair = lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
-                        structure_box=args.structure_box, boxes=boxes, mask=args.mask,
-                        size=args.size, fit=args.fit, resample=args.resample,
-                        appearance_mask=load_mask(args.appearance_mask, args.fit),
-                        structure_mask=load_mask(args.structure_mask, args.fit))
-    bars: dict[str, tqdm] = {}
-
-    def bar(name, total, **kw):
-        if name not in bars:
-            bars[name] = tqdm(total=total, disable=args.quiet, file=sys.stderr, **kw)
-        return bars[name]
-
-    def inv_progress(done, total):
-        b = bar("inv", total, desc="inversion", unit="unet")
-        b.update(done - b.n)
-
-    def step(ev):
-        bar("den", ev.total, desc=f"transfer ({config.injection})", unit="step").update(1)
-
+    pair = _load_pair(lab, args, boxes, objects)
+    bars = _Bars(args.quiet, config.injection)
     try:
         run = lab.transfer_multi if objects is not None else lab.transfer
-        result = run(pair, config, callback=step, inversion_progress=inv_progress)
+        result = run(pair, config, callback=bars.step, inversion_progress=bars.inversion)
     finally:
-        for b in bars.values():
-            b.close()
+        bars.close()
     extra = {"wall_s": round(time.perf_counter() - t0, 2)}
     paths = save_run(args.out, result, pair, overwrite=args.overwrite, extra=extra)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)

@@ -62,15 +62,28 @@ class CorrespondenceExplorer(LabWidget):
 
         recorder = getattr(result, "recorder", None)
         self.recorder = recorder if recorder is not None and recorder.matches else None
+        source = source or ("given" if lookup is not None else
+                            "recorded" if self.recorder is not None else "dift")
+        self._build_controls(source, block, timestep, ensemble, restrict, hover, opacity)
+        self._build_views(display_size)
+        self.widget = self._layout()
+        if self.layer.options:
+            self._on_layer(None)
+        self._show_source_controls()
+        if source == "dift" and compute:
+            self.compute_dift()
+        else:
+            self.refresh_source()
+
+    def _build_controls(self, source: str, block: int, timestep: int, ensemble: int,
+                        restrict: bool, hover: bool, opacity: float) -> None:
+        """The source buttons, the DIFT sliders, the recorded layer and step, the options."""
         sources = [("DIFT features", "dift")]
         if self.recorder is not None:
             sources.append(("recorded matches", "recorded"))
-        if lookup is not None:
+        if self.given is not None:
             sources.append(("given features", "given"))
-        source = source or ("given" if lookup is not None else
-                            "recorded" if self.recorder is not None else "dift")
-
-        n_blocks = len(lab.models.unet.up_blocks)
+        n_blocks = len(self.lab.models.unet.up_blocks)
         self.source = W.ToggleButtons(options=sources, value=source, description="source")
         self.block = W.IntSlider(value=min(block, n_blocks - 1), min=0, max=n_blocks - 1,
                                  description="up-block", continuous_update=False)
@@ -93,17 +106,6 @@ class CorrespondenceExplorer(LabWidget):
                                      description="heat opacity")
         self.info = W.HTML()
         self.status = W.HTML()
-
-        self.target_view = ImageCanvas(pair.structure, display_size)
-        self.ref_view = ImageCanvas(pair.appearance, display_size)
-        self.target_view.on("down", self.select)
-        self.target_view.on("move", self.on_hover)
-        small = max(96, display_size * 3 // 4)
-        self.warped_image = image_widget(width=small)
-        self.unused_image = image_widget(width=small)
-        self.target_image = image_widget(render.resize_smooth(
-            pair.structure.to_uint8(), *render.display_shape(self.size, small)), width=small)
-
         self.dift_box = W.HBox([self.block, self.timestep, self.ensemble, self.compute_button])
         self.recorded_box = W.HBox([self.layer, self.step])
         self.source.observe(lambda _: self.refresh_source(), names="value")
@@ -114,22 +116,29 @@ class CorrespondenceExplorer(LabWidget):
         for s in (self.block, self.timestep, self.ensemble):
             s.observe(lambda _: self._dift_settings_changed(), names="value")
 
+    def _build_views(self, display_size: int) -> None:
+        """The two clickable images and the images below them (target, warped, unused)."""
+        pair = self.pair
+        self.target_view = ImageCanvas(pair.structure, display_size)
+        self.ref_view = ImageCanvas(pair.appearance, display_size)
+        self.target_view.on("down", self.select)
+        self.target_view.on("move", self.on_hover)
+        small = max(96, display_size * 3 // 4)
+        self.warped_image = image_widget(width=small)
+        self.unused_image = image_widget(width=small)
+        self.target_image = image_widget(render.resize_smooth(
+            pair.structure.to_uint8(), *render.display_shape(self.size, small)), width=small)
+
+    def _layout(self) -> W.VBox:
         views = W.HBox([captioned(self.target_view.canvas, "target (structure): click a pixel"),
                         captioned(self.ref_view.canvas, "reference (appearance): similarity")])
         below = W.HBox([captioned(self.target_image, "target"),
                         captioned(self.warped_image, "warped reference"),
                         captioned(self.unused_image, "unused reference (magenta)")])
-        self.widget = self._frame(self.source, self.dift_box, self.recorded_box,
-                                  W.HBox([self.restrict, self.hover, self.opacity]),
-                                  self.status, views, self.info, below,
-                                  title="Correspondence explorer")
-        if layers:
-            self._on_layer(None)
-        self._show_source_controls()
-        if source == "dift" and compute:
-            self.compute_dift()
-        else:
-            self.refresh_source()
+        return self._frame(self.source, self.dift_box, self.recorded_box,
+                           W.HBox([self.restrict, self.hover, self.opacity]),
+                           self.status, views, self.info, below,
+                           title="Correspondence explorer")
 
     # -------------------------------------------------------------- sources --
     def _dift_key(self) -> tuple:

@@ -40,7 +40,6 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.base = config or TransferConfig()
         self.gallery = gallery
         self.display_size = display_size
-        n = self.base.num_steps
         # state
         self.state = "idle"  # idle | inverting | running | done | cancelled | failed
         self.result = None
@@ -52,8 +51,31 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.preview_steps: list[int] = []
         self.observers: list[Callable] = []  # called with each StepEvent (worker thread)
         self.runs = 0
+        self._build_controls(preview_every, preview)
+        self._run_buttons()
+        style = {"description_width": "110px"}
+        self.progress = W.IntProgress(value=0, min=0, max=max(1, self.base.denoising_steps),
+                                      description="steps", style=style,
+                                      layout=W.Layout(width="460px"))
+        self.status = W.HTML(status_html("ready"))
+        self.preview = image_widget(width=display_size)
+        self.result_image = image_widget(width=3 * display_size)
+        self.skip_steps.observe(self._on_skip, names="value")
 
-        b = self.base
+        controls = W.VBox([self.injection, self.correspondence, self.guidance, self.skip_steps,
+                           self.feat_range, W.HBox([self.adain, self.mask]),
+                           self.adain_range, self.freeu, self.seed,
+                           W.HBox([self.preview_every, self.preview_mode])])
+        self.widget = self._frame(
+            controls, W.HBox([self.run_button, self.stop_button]), self.progress, self.status,
+            W.HBox([captioned(self.preview, "predicted x0 (live)"),
+                    captioned(self.result_image, "structure | appearance | result")]),
+            title="Transfer")
+
+    def _build_controls(self, preview_every: int, preview: str) -> None:
+        """One control per :data:`CONTROLLED` config field (from the base config), the
+        mask switch and the preview settings."""
+        b, n = self.base, self.base.num_steps
         style = {"description_width": "110px"}
         wide = W.Layout(width="460px")
         self.injection = W.ToggleButtons(options=list(INJECTION_MODES), value=b.injection,
@@ -81,23 +103,6 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.preview_mode = W.Dropdown(options=[("fast (latent to RGB)", "fast"),
                                                 ("VAE decode", "vae")], value=preview,
                                        description="preview", style=style)
-        self._run_buttons()
-        self.progress = W.IntProgress(value=0, min=0, max=max(1, b.denoising_steps),
-                                      description="steps", style=style, layout=wide)
-        self.status = W.HTML(status_html("ready"))
-        self.preview = image_widget(width=display_size)
-        self.result_image = image_widget(width=3 * display_size)
-        self.skip_steps.observe(self._on_skip, names="value")
-
-        controls = W.VBox([self.injection, self.correspondence, self.guidance, self.skip_steps,
-                           self.feat_range, W.HBox([self.adain, self.mask]),
-                           self.adain_range, self.freeu, self.seed,
-                           W.HBox([self.preview_every, self.preview_mode])])
-        self.widget = self._frame(
-            controls, W.HBox([self.run_button, self.stop_button]), self.progress, self.status,
-            W.HBox([captioned(self.preview, "predicted x0 (live)"),
-                    captioned(self.result_image, "structure | appearance | result")]),
-            title="Transfer")
 
     # --------------------------------------------------------------- config --
     def _on_skip(self, change) -> None:

@@ -12,11 +12,10 @@ and every widget:
   ``{"name", "appearance", "structure", "domain"}``, and optionally a ``boxes.json``
   (:func:`read_pairs_folder`).
 
-Boxes are ``[x0, y0, x1, y1]`` in model-resolution pixels; a file may declare the
-resolution its boxes were drawn at (``"_size": 512`` or ``[width, height]``), and the
-readers rescale them from there. Files are parsed as data, never evaluated; every bad
-file raises :class:`~e4e_lab.errors.BoxError`. Nothing here imports torch, so the command
-line can check its inputs before loading a model.
+Boxes are ``[x0, y0, x1, y1]`` in model pixels, or at the resolution a file declares
+(``"_size": 512`` or ``[width, height]``), from which the readers rescale them. Files are
+parsed as data, never evaluated; a bad file raises :class:`~e4e_lab.errors.BoxError`.
+Nothing here imports torch: the command line checks its inputs before loading a model.
 """
 
 from __future__ import annotations
@@ -119,11 +118,8 @@ def declared_size(value, what: str = "boxes") -> Size | None:
 
 
 def rescale_box(box, drawn_at: Size | None, size: Size):
-    """A box drawn at resolution ``drawn_at`` expressed at ``size`` (both (width, height)).
-
-    Anything that is not four plain numbers is returned as it is, for :func:`parse_box`
-    to report.
-    """
+    """A box drawn at resolution ``drawn_at`` expressed at ``size`` (both (width, height));
+    anything but four plain numbers is returned as it is, for :func:`parse_box` to report."""
     if drawn_at is None or box is None:
         return box
     sx, sy = size[0] / drawn_at[0], size[1] / drawn_at[1]
