@@ -267,6 +267,7 @@ def format_results(results: list[StepResult], budget_s: float, elapsed_s: float,
 
 def print_environment() -> int:
     """Step 1: ``key: value`` lines about the machine and the libraries."""
+    import importlib
     import platform
 
     import torch
@@ -275,7 +276,7 @@ def print_environment() -> int:
     print(f"torch: {torch.__version__} (CUDA {torch.version.cuda})")
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         try:
-            print(f"{name}: {__import__(name).__version__}")
+            print(f"{name}: {importlib.import_module(name).__version__}")
         except ImportError as exc:
             print(f"{name}: MISSING ({exc})")
     smi = shutil.which("nvidia-smi")
