@@ -1,7 +1,22 @@
 """Shared fixtures: one tiny offline model per test session, in a throw-away cache.
 
 Tests never touch the network: HF_HUB_OFFLINE is set and the Hugging Face cache points
-into the session's temporary folder.
+into the session's temporary folder. What most tests share:
+
+- ``models``: the tiny random-weight model; ``lab``: a fresh session (own cache) on it;
+  ``shared_lab``: one session for the whole run, for tests that only read its inversions;
+- ``images``: two smooth random test images; ``build_pair(lab, boxes=False)``: the one
+  way to make a pair of them at ``SMALL`` px (whole-image masks, or the ``APP_BOX`` /
+  ``STRUCT_BOX`` boxes as masks);
+- ``fast_config``: the one short schedule (20 steps, 6 skipped, the published
+  proportions);
+- ``reference_run`` (a first transfer on its own cache), ``warm_lab`` and
+  ``warm_reference`` (a new session on that cache, and its run): what a repeated or
+  recovered run must equal bit for bit.
+
+Plain helpers (``from conftest import ...``): ``SMALL``, the boxes, ``assert_names``,
+``disc`` and ``identity_field``. Hypothesis settings are in ``strategies.py``, widget drivers in
+``widget_helpers.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +27,8 @@ import pytest
 import torch
 
 SMALL = 64  # model pixels for fast tests (latent 8x8; injected grids 8x8 and 4x4)
+APP_BOX = (8, 6, 56, 58)  # boxes of the test pair, at SMALL px
+STRUCT_BOX = (4, 10, 60, 60)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,9 +56,17 @@ def models(_offline_env):
 @pytest.fixture()
 def lab(models, tmp_path):
     """A fresh session (own inversion cache) sharing the session's tiny model."""
-    from e4e_lab.session import Lab
+    from e4e_lab import Lab
 
     return Lab(models=models, cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def shared_lab(models, tmp_path_factory):
+    """One session for the whole run: its inversions are computed once and reused."""
+    from e4e_lab import Lab
+
+    return Lab(models=models, cache_dir=tmp_path_factory.mktemp("shared-lab"))
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +82,60 @@ def images():
 
 
 @pytest.fixture(scope="session")
+def build_pair(images):
+    """``build_pair(lab, boxes=False)``: the test images at ``SMALL`` px, named app.png
+    and struct.png, with whole-image masks, or with ``boxes=True`` the boxes
+    ``APP_BOX`` / ``STRUCT_BOX`` as their masks."""
+    def build(lab, boxes: bool = False):
+        app = lab.load_image(images[0], SMALL, name="app.png")
+        struct = lab.load_image(images[1], SMALL, name="struct.png")
+        if not boxes:
+            return lab.pair(app, struct, mask="none")
+        return lab.pair(app, struct, appearance_box=APP_BOX, structure_box=STRUCT_BOX,
+                        mask="box")
+    return build
+
+
+@pytest.fixture(scope="session")
 def fast_config():
     """A short schedule with the reference's proportions (for speed)."""
-    from e4e_lab.method.config import TransferConfig
+    from e4e_lab import TransferConfig
 
     return TransferConfig(num_steps=20, skip_steps=6, feat_range=(2, 12), adain_range=(10, 20),
                           refresh_until=8, domain="bird")
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("reference")
+
+
+@pytest.fixture(scope="session")
+def reference_run(models, build_pair, fast_config, reference_cache):
+    """(result, pair): one transfer (boxed pair) on a fresh session: what every later run
+    of the same inputs must equal."""
+    from e4e_lab import Lab
+
+    lab = Lab(models=models, cache_dir=reference_cache)
+    pair = build_pair(lab, boxes=True)
+    return lab.transfer(pair, fast_config), pair
+
+
+@pytest.fixture()
+def warm_lab(models, reference_run, reference_cache):
+    """A new session on the reference's disk cache (its inversions are read, not redone)."""
+    from e4e_lab import Lab
+
+    return Lab(models=models, cache_dir=reference_cache)
+
+
+@pytest.fixture(scope="session")
+def warm_reference(models, build_pair, fast_config, reference_run, reference_cache):
+    """The reference run again, on a fresh session that reads the cached inversions."""
+    from e4e_lab import Lab
+
+    lab = Lab(models=models, cache_dir=reference_cache)
+    return lab.transfer(build_pair(lab, boxes=True), fast_config)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -73,3 +146,24 @@ def pytest_terminal_summary(terminalreporter):
     shots = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if shots:
         terminalreporter.write_line(f"browser screenshots: {len(shots)} in {folder}")
+
+
+def assert_names(exc_info, *parts):
+    """The raised error's message names each of ``parts`` (the input at fault, the fix)."""
+    msg = str(exc_info.value)
+    for part in parts:
+        assert str(part) in msg, f"{part!r} not in message: {msg}"
+
+
+def disc(size: int = 64, r: float = 20.5) -> torch.Tensor:
+    """An (size, size) 0/1 disc off the grid's axes: bilinear and area resizing differ
+    at its edges."""
+    y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    return (((x - 30) ** 2 + (y - 35) ** 2) <= r * r).float()
+
+
+def identity_field(h: int, w: int):
+    """The correspondence field that maps every cell of an (h, w) grid to itself."""
+    from e4e_lab.method.correspondence import CorrespondenceField
+
+    return CorrespondenceField(torch.arange(h * w), torch.ones(h * w), (h, w), (h, w))

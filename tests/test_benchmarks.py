@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,19 @@ def test_sd15_random_has_sd15_sizes():
     assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert "random weights" in RANDOM_WARNING
     assert next(pipe.unet.parameters()).device == torch.device("meta")
+
+
+def test_click_benchmark_runs_small(_offline_env, capsys):
+    """The explorer click benchmark (in-process: it drives the widget)."""
+    import importlib.util
+
+    pytest.importorskip("ipywidgets")
+    pytest.importorskip("ipycanvas")
+    path = BENCH / "bench_explorer_click.py"
+    spec = importlib.util.spec_from_file_location("bench_explorer_click", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--clicks", "5", "--grid", "16", "--channels", "32", "--size", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "whole explorer.select" in out and "click update:" in out
+

@@ -1,18 +1,33 @@
-"""The CLI end to end on the tiny model, and its error contract."""
+"""The command line (``e4e_lab/cli.py``): end to end on the tiny model, and its error
+contract.
+
+Bad input or an unavailable model exits with status 2 and one ``error:`` line, without
+a traceback (one with ``--debug``). The error cases run ``python -m e4e_lab transfer
+...`` in subprocesses with the tiny model at 64 px on a 10-step schedule, offline; they
+are independent, so they are started together (a few at a time) in one module fixture
+and each test checks one of them. Other stderr lines are allowed (the tiny-model
+warning every UI must show), but exactly one line starts with ``error:``, it is the last
+one, and it names what is wrong.
+"""
+
+from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from e4e_lab.models import BANNERS
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--model", "tiny", "--size", "64", "--steps", "12", "--skip-steps", "4",
-        "--feat-range", "1", "8", "--adain-range", "6", "12", "--quiet"]
+FAST = ["--model", "tiny", "--size", "64", "--steps", "10", "--skip-steps", "3",
+        "--feat-range", "2", "8", "--adain-range", "5", "10", "--quiet"]
 
 
 def cli(*args, cwd=ROOT):
@@ -47,26 +62,6 @@ def test_transfer_writes_the_five_files(tmp_path):
     assert r2.returncode == 2 and r2.stderr.strip().splitlines()[-1].startswith("error:")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--appearance", "nope.png"], "does not exist"),
-    (["--guidance", "-1"], "guidance"),
-    (["--injection", "sideways"], "invalid choice"),
-    (["--appearance-box", "10", "10", "5", "5"], "inverted"),
-])
-def test_bad_input_exits_2_with_one_error_line(tmp_path, args, needle):
-    base = {"--appearance": "example/chelsea_cat.png", "--structure": "example/coffee_cup.png",
-            "--out": str(tmp_path / "o")}
-    argv = ["transfer"]
-    for k, v in base.items():
-        if k not in args:
-            argv += [k, v]
-    r = cli(*argv, *args, *FAST)
-    assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert lines[-1].startswith("error:") and needle in lines[-1]
-    assert "Traceback" not in r.stderr
-
-
 @pytest.mark.slow
 def test_multi_object_pairs_file(tmp_path):
     out = tmp_path / "multi"
@@ -88,3 +83,128 @@ def test_evaluate_writes_csv_and_report(tmp_path):
     assert len(lines) == 1 + 2 * 2  # two pairs x two methods
     html = (out / "report.html").read_text()
     assert BANNERS["tiny"] in html and "data:image/png;base64" in html
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--injection", "sideways"], "invalid choice"),
+    (["--mask", "full"], "invalid choice"),
+    (["--guidance", "-1"], "'guidance'"),
+])
+def test_bad_input_fails_before_torch_is_imported(tmp_path, args, needle):
+    """Argument and config checks need neither torch nor diffusers: a typo costs no
+    model import (``python -X importtime`` lists every module imported)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "e4e_lab", "transfer",
+                        "--structure", "s.png", "--appearance", "a.png",
+                        "--out", str(tmp_path / "o"), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0]
+    imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
+                if ln.startswith("import time:")}
+    assert "e4e_lab.cli" in imported
+    assert not {"torch", "diffusers", "transformers"} & imported
+
+
+def _cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (arguments after the common ones, fragments the error line must hold)."""
+    rng = np.random.default_rng(0)
+    for name in ("app.png", "struct.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp / name)
+    (tmp / "notes.png").write_text("not an image\n")
+    (tmp / "bad_boxes.json").write_text("{not json")
+    (tmp / "boxes.json").write_text('{"app.png": [8, 8, 56, 56], "struct.png": [4, 4, 60, 60]}')
+    (tmp / "no_objects.json").write_text('{"_size": 64, "objects": []}')
+    run = tmp / "previous-run"
+    run.mkdir()
+    (run / "result.png").write_bytes(b"an earlier result")
+    app, struct = str(tmp / "app.png"), str(tmp / "struct.png")
+
+    outs = iter(range(100))
+
+    def io(out=None, appearance=app):  # each case writes (if ever) into its own folder
+        out = out or f"out{next(outs)}"
+        return ["--appearance", appearance, "--structure", struct, "--out", str(tmp / out)]
+
+    return {
+        "missing image": (io(appearance=str(tmp / "nowhere.png")),
+                          ["nowhere.png", "does not exist"]),
+        "not an image": (io(appearance=str(tmp / "notes.png")),
+                         ["notes.png", "cannot be read as an image"]),
+        "inverted box": (io() + ["--appearance-box", "40", "40", "10", "10"],
+                         ["appearance box", "inverted"]),
+        "non-numeric box": (io() + ["--appearance-box", "a", "b", "c", "d"],
+                            ["--appearance-box", "invalid float value"]),
+        "bad boxes json": (io() + ["--boxes", str(tmp / "bad_boxes.json")],
+                           ["bad_boxes.json", "not valid JSON"]),
+        "pairs without objects": (io() + ["--pairs", str(tmp / "no_objects.json")],
+                                  ["no_objects.json", "at least one object"]),
+        "negative guidance": (io() + ["--guidance", "-1"],
+                              ["'guidance'", "-1.0", "[0.0, 100.0]"]),
+        "skip past the end": (io() + ["--skip-steps", "200"], ["'skip_steps'", "200", "[0, 9]"]),
+        "unknown injection": (io() + ["--injection", "q"], ["--injection", "invalid choice"]),
+        "size not a multiple": (io() + ["--size", "100"], ["'size'", "100", "multiple of 64"]),
+        "missing sam checkpoint": (io() + ["--mask", "sam", "--boxes", str(tmp / "boxes.json"),
+                                           "--sam-checkpoint", str(tmp / "sam_hq_vit_l.pth")],
+                                   ["sam_hq_vit_l.pth", "--mask box"]),
+        "unavailable model": (io() + ["--model", "./nowhere"],
+                              ["nowhere", "does not exist", "--model tiny"]),
+        "existing run": (io(out="previous-run"), ["previous-run", "--overwrite"]),
+        "debug": (io() + ["--guidance", "-1", "--debug"], ["'guidance'"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_runs(models, _offline_env, tmp_path_factory):
+    """Run every case (3 at a time); the tiny model is already built in the cache."""
+    tmp = tmp_path_factory.mktemp("cli")
+    cases = _cases(tmp)
+    env = dict(os.environ, E4E_LAB_CACHE=str(_offline_env), HF_HUB_OFFLINE="1",
+               HF_HOME=str(_offline_env / "hf-home"), E4E_SAM_CHECKPOINT="",
+               PYTHONWARNINGS="ignore")
+
+    def run(name):
+        args, _ = cases[name]
+        # the case's own options come last: argparse keeps the last value of an option
+        cmd = [sys.executable, "-m", "e4e_lab", "transfer"] + FAST + args
+        return name, subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=400)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(pool.map(run, cases))
+    return cases, results, tmp
+
+
+CASES = ["missing image", "not an image", "inverted box", "non-numeric box",
+         "bad boxes json", "pairs without objects", "negative guidance", "skip past the end",
+         "unknown injection",
+         "size not a multiple", "missing sam checkpoint", "unavailable model", "existing run"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_exits_2_with_one_error_line(cli_runs, name):
+    cases, results, _ = cli_runs
+    proc = results[name]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    for part in cases[name][1]:
+        assert part in errors[0], f"{part!r} not in {errors[0]!r}"
+    assert "internal error" not in errors[0]
+
+
+def test_existing_run_is_left_untouched(cli_runs):
+    _, results, tmp = cli_runs
+    assert results["existing run"].returncode == 2
+    assert (tmp / "previous-run" / "result.png").read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in (tmp / "previous-run").iterdir()) == ["result.png"]
+
+
+def test_debug_shows_the_traceback(cli_runs):
+    _, results, _ = cli_runs
+    proc = results["debug"]
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ConfigError" in proc.stderr and "'guidance'" in proc.stderr

@@ -1,6 +1,21 @@
-"""The step schedule: the published code's effective steps, and the literal ranges."""
+"""The configuration (``e4e_lab/method/config.py``): the step schedule (the published
+code's effective steps, or the literal ranges), and validation: every field refuses a
+bad value with an error naming the field, the value and the allowed range."""
 
-from e4e_lab.method.config import TransferConfig
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from e4e_lab.errors import ConfigError
+from e4e_lab.method.config import INJECTION_MODES, TransferConfig
+
+from conftest import assert_names
+from strategies import SETTINGS, json_values
 
 
 def test_published_schedule_steps_for_the_defaults():
@@ -29,3 +44,104 @@ def test_schedule_is_validated_and_round_trips():
             assert field in str(exc)
         else:
             raise AssertionError(field)
+
+
+CONFIG_CASES = [
+    ("num_steps", 0, "[1, 1000]"), ("num_steps", 20.0, "[1, 1000]"),
+    ("num_steps", True, "[1, 1000]"), ("inversion_cfg", -1.0, "[0.0, 100.0]"),
+    ("inversion_cfg", float("nan"), "[0.0, 100.0]"), ("seed", -1, "[0, "),
+    ("seed", "7", "[0, "), ("domain", "  ", "non-empty"), ("domain", None, "non-empty"),
+    ("prompt_template", "A photo", "{domain}"),
+    ("prompt_template", "A {domain} of {kind}", "only placeholder"),
+    ("freeu", "yes", "reference, diffusers, off"), ("skip_steps", 100, "[0, 99]"),
+    ("skip_steps", -1, "at least one"), ("guidance", -1, "[0.0, 100.0]"),
+    ("guidance", float("inf"), "[0.0, 100.0]"), ("guidance", "2.5", "[0.0, 100.0]"),
+    ("injection", "q", "one of feature, v, kv, cross-image, none"),
+    ("injection", None, "one of"), ("correspondence", "sift", "one of match, dift"),
+    ("feat_range", (70, 10), "0 <= start <= end <= 100"),
+    ("feat_range", (10, 101), "0 <= start <= end <= 100"),
+    ("feat_range", (10,), "0 <= start <= end"), ("feat_range", (1.5, 3), "integers"),
+    ("adain_range", "50-100", "0 <= start <= end"), ("adain", 1, "true or false"),
+    ("refresh_every", -5, "0 turns the structure refresh off"),
+    ("refresh_until", 1001, "[0, 1000]"),
+    ("cross_image_contrast", -1, "[0.0, 100.0]"),
+    ("cross_image_guidance", (3.5,), "pair"), ("cross_image_guidance", (3.5, -1), "[0.0, 100.0]"),
+    ("cross_image_adain_start", -1, "[0, 1000]"), ("dift_timestep", 1000, "[0, 999]"),
+    ("dift_block", -1, "[0, 16]"), ("dift_ensemble", 0, "[1, 256]"),
+    ("record_matches", "no", "true or false"),
+    ("record_attention_layers", "up_blocks.3", "names"),
+    ("record_attention_steps", 5, "step indices"),
+    ("record_attention_steps", (0, 200), "integers in [0, 100]"),
+    ("schedule", "lagged", "one of published, exact"),
+    ("mask_resize", "nearest", "one of reference, area"),
+]
+
+
+@pytest.mark.parametrize("field, value, allowed", CONFIG_CASES,
+                         ids=[f"{f}={v!r}" for f, v, _ in CONFIG_CASES])
+def test_each_config_field_names_field_value_and_range(field, value, allowed):
+    with pytest.raises(ConfigError) as e:
+        TransferConfig(**{field: value})
+    assert e.value.field == field
+    assert_names(e, f"'{field}'", repr(value if not isinstance(value, list) else tuple(value)),
+                  allowed)
+
+
+def test_every_config_field_is_covered_above():
+    fields = {f.name for f in dataclasses.fields(TransferConfig)}
+    assert fields == {f for f, _, _ in CONFIG_CASES}
+
+
+def test_short_schedules_keep_the_default_thresholds(fast_config):
+    """refresh_until / cross_image_adain_start are thresholds, not ranges: a 20-step
+    schedule (the CLI has no flag for them) must not be refused because of them."""
+    cfg = fast_config.replace(refresh_until=40)
+    assert cfg.refresh_until == 40 and cfg.cross_image_adain_start == 20
+
+
+def test_config_json_is_data(fast_config):
+    with pytest.raises(ConfigError, match="unknown field"):
+        TransferConfig.from_dict({"__class__": "os.system"})
+    with pytest.raises(ConfigError):
+        TransferConfig.from_dict(["num_steps", 10])
+    assert TransferConfig.from_dict(json.loads(fast_config.to_json())) == fast_config
+
+
+_FIELDS = [f.name for f in dataclasses.fields(TransferConfig)]
+
+
+_wild = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 120), st.integers(), st.floats(allow_nan=True),
+    st.text(max_size=8), st.sampled_from(INJECTION_MODES + ("match", "dift", "{domain}",
+                                                            "A {domain} {x}")),
+    st.tuples(st.integers(-5, 120), st.integers(-5, 120)),
+    st.lists(st.integers(-5, 120), max_size=3), st.tuples(st.floats(), st.floats()),
+    st.lists(st.text(max_size=4), max_size=2), st.dictionaries(st.text(max_size=2), st.none(),
+                                                                max_size=1),
+)
+
+
+@SETTINGS
+@given(changes=st.dictionaries(st.sampled_from(_FIELDS), _wild, max_size=5),
+       short=st.booleans())
+def test_config_constructs_or_names_a_real_field(changes, short):
+    base = dict(num_steps=20, skip_steps=6, feat_range=(2, 12), adain_range=(10, 20)) \
+        if short else {}
+    try:
+        cfg = TransferConfig(**(base | changes))
+    except ConfigError as exc:
+        assert exc.field in _FIELDS
+        assert f"'{exc.field}'" in str(exc)
+        return
+    again = TransferConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+    assert 0 <= cfg.skip_steps < cfg.num_steps
+
+
+@SETTINGS
+@given(doc=json_values)
+def test_config_from_any_json_constructs_or_raises_config_error(doc):
+    try:
+        TransferConfig.from_dict(doc)
+    except ConfigError:
+        pass

@@ -7,18 +7,7 @@ from e4e_lab.errors import ConfigError
 from e4e_lab.method.config import FreeUConfig, InversionConfig, TransferConfig
 from e4e_lab.models.freeu import freeu, reference_factors
 
-
-def published_freeu(h: torch.Tensor, b: float, s: float) -> torch.Tensor:
-    """The published step written out as its code does it: scale the first half of the
-    channels in place, then mask the centred 2x2 low frequencies of the 2-D FFT."""
-    h = h.clone()
-    h[:, : h.shape[1] // 2] *= b
-    spec = torch.fft.fftshift(torch.fft.fftn(h, dim=(-2, -1)), dim=(-2, -1))
-    _, _, rows, cols = spec.shape
-    gain = torch.ones(spec.shape)
-    gain[..., rows // 2 - 1:rows // 2 + 1, cols // 2 - 1:cols // 2 + 1] = s
-    spec = torch.fft.ifftshift(spec * gain, dim=(-2, -1))
-    return torch.fft.ifftn(spec, dim=(-2, -1)).real
+from published import freeu_step
 
 
 def _unet_inputs(models, size=8):
@@ -58,7 +47,7 @@ def test_hook_applies_the_published_formula_at_every_up_block(models):
     assert n == 4
     for i in range(n):
         b, s = (cfg.b2, cfg.s2) if i == n - 1 else (cfg.b1, cfg.s1)
-        expected = published_freeu(seen["pre"][i], b, s)
+        expected = freeu_step(seen["pre"][i], b, s)  # the published code's step
         assert torch.allclose(seen["post"][i], expected, atol=1e-5), i
 
 

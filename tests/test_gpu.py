@@ -43,23 +43,20 @@ def _lab(models, tmp_path):
     return Lab(models=models, cache_dir=tmp_path / "cache")
 
 
-def _pair(lab, images):
-    return lab.pair(images[0], images[1], size=SMALL, mask="none")
-
-
-def test_transfer_fp16_on_cuda_is_finite(cuda_models, images, fast_config, tmp_path):
+def test_transfer_fp16_on_cuda_is_finite(cuda_models, build_pair, fast_config, tmp_path):
     assert cuda_models.dtype == torch.float16 and cuda_models.device.type == "cuda"
     lab = _lab(cuda_models, tmp_path)
-    res = lab.transfer(_pair(lab, images), fast_config)
+    res = lab.transfer(build_pair(lab), fast_config)
     assert res.image.shape == (3, SMALL, SMALL)
     assert torch.isfinite(res.image).all() and torch.isfinite(res.latents).all()
 
 
 @pytest.mark.parametrize("mode", INJECTION_MODES)
-def test_every_injection_mode_with_guidance(cuda_models, images, fast_config, tmp_path, mode):
+def test_every_injection_mode_with_guidance(cuda_models, build_pair, fast_config, tmp_path,
+                                            mode):
     lab = _lab(cuda_models, tmp_path)
     cfg = fast_config.replace(injection=mode, guidance=2.5)
-    res = lab.transfer(_pair(lab, images), cfg)
+    res = lab.transfer(build_pair(lab), cfg)
     assert torch.isfinite(res.image).all(), mode
 
 
@@ -86,9 +83,9 @@ def test_dift_field_on_cuda(cuda_models, images):
     assert (fld.index >= 0).all() and torch.isfinite(fld.score).all()
 
 
-def test_two_identical_runs_are_bit_equal(cuda_models, images, fast_config, tmp_path):
+def test_two_identical_runs_are_bit_equal(cuda_models, build_pair, fast_config, tmp_path):
     lab = _lab(cuda_models, tmp_path)
-    pair = _pair(lab, images)
+    pair = build_pair(lab)
     first = lab.transfer(pair, fast_config)
     again = _lab(cuda_models, tmp_path / "other").transfer(pair, fast_config)
     assert torch.equal(first.latents, again.latents) and torch.equal(first.image, again.image)

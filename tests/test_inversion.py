@@ -1,33 +1,17 @@
-"""Edit-friendly DDPM inversion: exact round trip, batching, schedule and cache keys."""
+"""Edit-friendly DDPM inversion (``e4e_lab/method/inversion.py``): exact round trip,
+batching, cache keys, and recomputation of a corrupt cache entry."""
 
+import logging
+
+import pytest
 import torch
 
 from e4e_lab.io.cache import TensorCache
-from e4e_lab.method import schedule
 from e4e_lab.method.config import InversionConfig
 from e4e_lab.method.images import load_image
-from e4e_lab.method.inversion import invert, invert_uncached, reconstruct
+from e4e_lab.method.inversion import cache_spec, invert, invert_uncached, reconstruct
 
 from conftest import SMALL
-
-
-def test_sd15_leading_timesteps(models):
-    ts = schedule.timesteps_for(models.scheduler, 100)
-    assert ts[0] == 991 and ts[1] == 981 and ts[-1] == 1 and len(ts) == 100
-    assert int(ts[32]) == 671  # denoising starts here with 32 skipped steps
-
-
-def test_step_matches_diffusers_ddim_step(models):
-    """Our vectorised step is diffusers' DDIMScheduler.step with eta=1 and given noise."""
-    sch = models.scheduler
-    ts = schedule.timesteps_for(sch, 100)
-    coef = schedule.coefficients(sch, ts)
-    g = torch.Generator().manual_seed(0)
-    for k in (0, 40, 99):
-        x, eps, z = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
-        ours = schedule.ddpm_step(eps, x, z, coef[k])
-        ref = sch.step(eps, ts[k], x, eta=1.0, variance_noise=z).prev_sample
-        assert torch.allclose(ours, ref, atol=1e-5)
 
 
 def test_round_trip_is_exact(models, images):
@@ -65,3 +49,29 @@ def test_cache_reuses_and_keys_on_content(models, images, tmp_path):
         (other,) = invert(models, [a], InversionConfig(num_steps=10, **change), cache=cache)
         assert not other.from_cache and other.key != ia.key
     assert len(list(cache.folder.glob("*.safetensors"))) == 6
+
+
+@pytest.mark.parametrize("kind", ["flipped-data", "other-spec"])
+def test_inversion_recomputes_a_corrupt_entry(models, tmp_path, images, caplog, kind):
+    cache = TensorCache(tmp_path, "inversions")
+    cfg = InversionConfig(num_steps=6, domain="bird")
+    img = load_image(images[0], SMALL)
+    first = invert(models, [img], cfg, cache=cache)[0]
+    if kind == "flipped-data":  # one byte of the tensors flipped
+        path = cache.path(first.key)
+        data = bytearray(path.read_bytes())
+        data[-7] ^= 0x10
+        path.write_bytes(bytes(data))
+    else:  # the file under this key records other inputs (e.g. a stale entry)
+        spec = dict(cache_spec(models, img, cfg), cfg=99.0)
+        cache.put(first.key, spec, {"xts": first.xts + 1, "zs": first.zs,
+                                    "timesteps": first.timesteps})
+    with caplog.at_level(logging.WARNING, logger="e4e_lab.io.cache"):
+        again = invert(models, [img], cfg, cache=cache)[0]
+    assert not again.from_cache
+    assert any("discarded" in r.getMessage() for r in caplog.records)
+    assert torch.equal(again.xts, first.xts) and torch.equal(again.zs, first.zs)
+    third = invert(models, [img], cfg, cache=cache)[0]  # the rewritten entry is valid
+    assert third.from_cache and torch.equal(third.xts, first.xts)
+    assert sorted(p.suffix for p in cache.folder.iterdir() if p.suffix != ".lock") \
+        == [".safetensors"]

@@ -1,6 +1,9 @@
-"""Model loading: the tiny model, the 'auto' fallback, DIFT and SAM-HQ."""
+"""The models (``e4e_lab/models/``): the tiny model and its tokenizer, ``auto``'s
+fallbacks, typed errors for unavailable models and unsafe checkpoints, the DIFT
+featurizer, SAM-HQ, and the dtype rule."""
 
 import logging
+import pickle
 import time
 
 import pytest
@@ -8,10 +11,11 @@ import torch
 
 from e4e_lab.errors import ModelUnavailableError
 from e4e_lab.method.images import load_image
-from e4e_lab.models import TINY_WARNING, load_pipeline, tiny_model_path
+from e4e_lab.models import BANNERS, TINY_WARNING, load_pipeline, tiny_model_path
 from e4e_lab.models.dift import dift_features
+from e4e_lab.models.loading import default_dtype
 
-from conftest import SMALL
+from conftest import SMALL, assert_names
 
 
 def test_tokenizer_is_real_clip_bpe(models):
@@ -33,8 +37,20 @@ def test_tiny_model_shape_and_loading_path(models):
     assert type(models.scheduler).__name__ == "DDIMScheduler"
 
 
-def test_auto_falls_back_to_tiny_fast_when_offline(caplog, monkeypatch):
+def test_auto_falls_back_to_the_toy_model_then_the_tiny_one_fast_when_offline(
+        caplog, monkeypatch, tmp_path):
+    """Without SD 1.5 weights, ``auto`` loads the shipped toy model, or the tiny random one
+    when no toy weights are there; each says so."""
+    from e4e_lab.models import loading
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with caplog.at_level(logging.WARNING):
+        m = load_pipeline("auto", device="cpu")
+    assert m.is_toy and m.kind == "toy" and time.perf_counter() - t < 60
+    assert any(BANNERS["toy"] in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(loading, "TOY_WEIGHTS", tmp_path / "no-toy-weights")
     t = time.perf_counter()
     with caplog.at_level(logging.WARNING):
         m = load_pipeline("auto", device="cpu")
@@ -42,14 +58,95 @@ def test_auto_falls_back_to_tiny_fast_when_offline(caplog, monkeypatch):
     assert any(TINY_WARNING in r.getMessage() for r in caplog.records)
 
 
-def test_unavailable_models_raise_typed_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match="does not exist"):
+def test_half_precision_on_cuda_full_on_cpu():
+    """docs/method.md, published-code defect 8 (fp32 everywhere)."""
+    assert default_dtype(torch.device("cuda")) == torch.float16
+    assert default_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(ModelUnavailableError) as e:
         load_pipeline(str(tmp_path / "nowhere"), device="cpu")
-    with pytest.raises(ModelUnavailableError, match="model_index.json"):
-        load_pipeline(str(tmp_path), device="cpu")
-    with pytest.raises(ModelUnavailableError, match="--model tiny"):
-        load_pipeline("someone/not-a-cached-model", device="cpu")
+    assert_names(e, "nowhere", "does not exist", "--model tiny")
+    with pytest.raises(ModelUnavailableError, match="no model given"):
+        load_pipeline("", device="cpu")
+
+
+def test_model_folder_without_model_index(tmp_path):
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "unet").mkdir()
+    with pytest.raises(ModelUnavailableError) as e:
+        load_pipeline(str(tmp_path / "sd"), device="cpu")
+    assert_names(e, "sd", "model_index.json", "--model tiny")
+    (tmp_path / "sd" / "model_index.json").write_text("{broken")
+    with pytest.raises(ModelUnavailableError) as e:
+        load_pipeline(str(tmp_path / "sd"), device="cpu")
+    assert_names(e, "sd", "save_pretrained", "--model tiny")
+
+
+def test_hub_id_offline_with_empty_hf_home_fails_quickly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as e:
+        load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", device="cpu")
+    assert time.perf_counter() - t0 < 20
+    assert_names(e, "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                  "hf download", "--model tiny")
+
+
+def test_missing_sam_checkpoint(tmp_path, monkeypatch):
+    from e4e_lab.models.sam import SamMasker
+
+    monkeypatch.delenv("E4E_SAM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("E4E_LAB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelUnavailableError) as e:
+        SamMasker.load(tmp_path / "sam_hq_vit_l.pth")
+    assert_names(e, "sam_hq_vit_l.pth", "--sam-checkpoint", "--mask box")
+    with pytest.raises(ModelUnavailableError, match="E4E_SAM_CHECKPOINT"):
+        SamMasker.load(None)
+
+
+class _Exploit:
+    """Unpickling this creates a marker file (stands for arbitrary code execution)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump", "state-dict-wrapper"])
+def test_malicious_sam_checkpoint_is_not_executed(tmp_path, writer):
+    from e4e_lab.models.sam import SamMasker
+
+    marker = tmp_path / "PWNED"
+    ckpt = tmp_path / "sam_hq_vit_l.pth"
+    payload = _Exploit(str(marker))
+    if writer == "torch.save":
+        torch.save(payload, ckpt)
+    elif writer == "pickle.dump":
+        with open(ckpt, "wb") as fh:
+            pickle.dump(payload, fh)
+    else:
+        torch.save({"model": {"weight": torch.zeros(1)}, "extra": payload}, ckpt)
+    assert not marker.exists()
+    with pytest.raises(ModelUnavailableError) as e:
+        SamMasker.load(ckpt)
+    assert not marker.exists(), "the checkpoint's pickle was executed"
+    assert_names(e, "sam_hq_vit_l.pth")
+
+
+def test_sam_checkpoint_holding_no_weights_is_refused(tmp_path):
+    from e4e_lab.models.sam import SamMasker
+
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(ModelUnavailableError, match="state dict"):
+        SamMasker.load(tmp_path / "tensor.pth")
+    torch.save({"model": {"weight": "nope"}}, tmp_path / "str.pth")
+    with pytest.raises(ModelUnavailableError):
+        SamMasker.load(tmp_path / "str.pth")
 
 
 def test_dift_stops_after_the_requested_block(models, images):
@@ -81,16 +178,8 @@ def test_sam_hq_random_box_to_mask(images):
     assert mask2.shape == mask.shape
 
 
-def test_missing_sam_checkpoint(tmp_path):
-    from e4e_lab.models.sam import SamMasker
-
-    with pytest.raises(ModelUnavailableError, match="sam_hq_vit_l.pth"):
-        SamMasker.load(tmp_path / "sam_hq_vit_l.pth")
-
-
 def test_a_build_without_weights_is_refused_and_not_cached(tmp_path):
     """What a rank != 0 save_pretrained leaves (configs, no weights) never becomes the cache."""
-    from e4e_lab.errors import ModelUnavailableError
     from e4e_lab.models.tiny import build_once
 
     def weightless(folder):

@@ -1,28 +1,27 @@
-"""The denoising loop: invariants, injection bookkeeping, guidance paths, AdaIN, events."""
+"""The denoising loop (``e4e_lab/method/transfer.py``): invariants, injection
+bookkeeping, guidance paths, AdaIN steps, events and cancel, masks checked before the
+first step, NaN reported with its step, multi-object runs."""
 
-import json
 import threading
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from e4e_lab.errors import MaskError, TransferCancelled
-from e4e_lab.io.outputs import save_run
-from e4e_lab.method.adain import masked_adain, masked_stats
-from e4e_lab.method.config import TransferConfig
+from e4e_lab import TransferConfig
+from e4e_lab.errors import MaskError, NumericalError, TransferCancelled
+from e4e_lab.method.inversion import InversionResult
 from e4e_lab.method.latents import decode
 from e4e_lab.method.layers import injected_layers
 from e4e_lab.method.recording import RunRecorder
+from e4e_lab.method.transfer import run_transfer
 
-from conftest import SMALL
+from conftest import SMALL, assert_names
 
 
 @pytest.fixture()
-def pair(lab, images):
-    return lab.pair(images[0], images[1], size=SMALL, mask="none")
+def pair(lab, build_pair):
+    return build_pair(lab)
 
 
 def test_none_mode_reproduces_structure(lab, pair, fast_config):
@@ -53,13 +52,6 @@ def test_injection_touches_only_chosen_layers_and_steps(lab, pair, fast_config):
     assert refresh == {i for i in steps if cfg.refreshes_at(i)} and refresh
 
 
-def test_injected_layers_are_two_finest_decoder_resolutions(models):
-    layers = injected_layers(models.unet)
-    # tiny model: up-blocks 2 and 3 hold the finest decoder self-attention, 3 layers each
-    assert len(layers) == 6
-    assert all(l.startswith(("up_blocks.2.", "up_blocks.3.")) and ".attn1." in l for l in layers)
-
-
 def test_processors_restored_after_run(lab, pair, fast_config):
     before = {k: type(v) for k, v in lab.models.unet.attn_processors.items()}
     lab.transfer(pair, fast_config)
@@ -83,9 +75,8 @@ def test_modes_change_the_result(lab, pair, fast_config):
         assert (img - base).abs().max() > 1e-3, mode
 
 
-def test_default_config_without_sam_masks(lab, images):
+def test_default_config_without_sam_masks(lab, pair):
     """Reference defect 3: the default config (masked AdaIN, no SAM) crashed at step 49."""
-    pair = lab.pair(images[0], images[1], size=SMALL, mask="none")
     res = lab.transfer(pair, TransferConfig(domain="bird"))
     assert torch.isfinite(res.image).all()
 
@@ -107,24 +98,6 @@ def test_events_and_cancel(lab, pair, fast_config):
     assert info.value.step == 4
     again = lab.transfer(pair, fast_config)  # the session is still usable
     assert torch.equal(again.image, res.image)
-
-
-def test_masked_adain_statistics():
-    g = torch.Generator().manual_seed(0)
-    x, ref = torch.randn(4, 8, 8, generator=g), torch.randn(4, 8, 8, generator=g) * 3 + 1
-    mx, mr = torch.zeros(8, 8), torch.zeros(8, 8)
-    mx[2:6, 2:6], mr[:4] = 1, 1
-    out = masked_adain(x, ref, mx, mr)
-    mean_o, std_o = masked_stats(out, mx)
-    mean_r, std_r = masked_stats(ref, mr)
-    assert torch.allclose(mean_o, mean_r, atol=1e-4) and torch.allclose(std_o, std_r, atol=1e-3)
-    assert torch.equal(out[:, mx == 0], x[:, mx == 0])  # outside the mask untouched
-    # definition: unbiased variance + 1e-5
-    sel = ref[:, mr == 1]
-    assert torch.allclose(std_r, (sel.var(dim=1, unbiased=True) + 1e-5).sqrt())
-    # empty masks: returned unchanged, no NaN
-    assert torch.equal(masked_adain(x, ref, torch.zeros(8, 8), mr), x)
-    assert torch.equal(masked_adain(x, ref, mx, torch.zeros(8, 8)), x)
 
 
 @pytest.mark.parametrize("schedule, expected", [("published", range(9, 14)),
@@ -151,11 +124,20 @@ def test_masks_restrict_matching(lab, images, fast_config):
         assert ((idx[:, : w // 2] % w) < w // 2).all()  # matches only inside the ref box
 
 
-def test_tiny_box_mask_is_refused_before_running(lab, images, fast_config):
-    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 2, 2),
-                    structure_box=(0, 0, 32, 32))
-    with pytest.raises(MaskError, match="appearance"):
-        lab.transfer(pair, fast_config)
+def test_empty_and_tiny_masks_are_caught_before_adain_and_matching(warm_lab, images,
+                                                                    fast_config):
+    lab = warm_lab
+    with pytest.raises(MaskError, match="empty") as e:
+        lab.pair(images[0], images[1], appearance_mask=np.zeros((SMALL, SMALL)), size=SMALL)
+    assert_names(e, "appearance mask", "--mask box")
+    # a box so small that it covers less than two cells of the coarsest grid
+    pair = lab.pair(images[0], images[1], appearance_box=[0, 0, 2, 2],
+                    structure_box=[0, 0, 64, 64], mask="box", size=SMALL)
+    calls = []
+    with pytest.raises(MaskError, match="appearance") as e:
+        lab.transfer(pair, fast_config, callback=calls.append)
+    assert not calls  # refused before the first denoising step
+    assert "larger box" in str(e.value)
 
 
 def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
@@ -164,25 +146,6 @@ def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
     with pytest.raises(MaskError, match=r"the structure \(target\) mask of pair 1 covers fewer "
                        r"than 2 cells of the 4x4 grid .*--mask box"):
         lab.transfer_multi(mp, fast_config)
-
-
-def test_masks_are_resized_once_per_grid(lab, images, fast_config, monkeypatch):
-    """Matching masks are resized once per (mask, grid) for the whole run, not per call."""
-    from e4e_lab.method import attention
-
-    real, resized = attention.matching_mask, Counter()
-
-    def counting(mask, shape, mode):
-        resized[(id(mask), tuple(shape))] += 1
-        return real(mask, shape, mode)
-
-    monkeypatch.setattr(attention, "matching_mask", counting)
-    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 48, 64),
-                    structure_box=(8, 0, 64, 64))
-    lab.transfer(pair, fast_config)
-    # two masks on the two injected grids
-    assert {s for _, s in resized} == {(8, 8), (4, 4)} and len(resized) == 4
-    assert set(resized.values()) == {1}
 
 
 def test_dift_correspondence_source(lab, pair, fast_config):
@@ -218,40 +181,27 @@ def test_multi_object_transfer(lab, images, fast_config):
     assert torch.equal(a, b)
 
 
-def _saved(folder):
-    meta = json.loads((folder / "config.json").read_text())
-    return meta, np.asarray(Image.open(folder / "strip.png").convert("RGB"))
+def test_nan_in_a_stored_inversion_is_reported_with_its_step(warm_lab, build_pair, fast_config):
+    lab = warm_lab
+    pair = build_pair(lab, boxes=True)
+    cfg = fast_config
+    app, struct = lab.invert([pair.appearance, pair.structure], cfg)
+    k0 = cfg.skip_steps
 
+    def poisoned(inv, *, xt=None, z=None):
+        xts, zs = inv.xts.clone(), inv.zs.clone()
+        if xt is not None:
+            xts[xt] = float("nan")
+        if z is not None:
+            zs[z, 0, 2, 3] = float("inf")
+        return InversionResult(inv.name, xts, zs, inv.timesteps, inv.config, inv.key)
 
-def test_save_run_reads_single_and_multi_pairs_through_their_protocol(lab, images, fast_config,
-                                                                       tmp_path):
-    """config.json describes each kind of pair; strip.png shows its inputs, then the result,
-    under the tiny-model banner."""
-    half = SMALL // 2
-    pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 48, 64),
-                    structure_box=(8, 0, 64, 64))
-    multi = lab.multi_pair(images[1], [
-        {"appearance": images[0], "target_box": (0, 0, half, SMALL)},
-        {"appearance": images[1], "target_box": (half, 0, SMALL, SMALL),
-         "appearance_box": (0, 0, half, SMALL)}], mask="box", size=SMALL)
-    save_run(tmp_path / "single", lab.transfer(pair, fast_config), pair)
-    save_run(tmp_path / "multi", lab.transfer_multi(multi, fast_config), multi)
-
-    meta, strip = _saved(tmp_path / "single")
-    assert meta["tiny_model"] is True and meta["mask"] == "box" and meta["size"] == [SMALL, SMALL]
-    assert meta["appearance_box"] == [0, 0, 48, 64] and meta["structure_box"] == [8, 0, 64, 64]
-    assert meta["strip"] == ["structure", "appearance", "result"]
-    band = strip.shape[0] - SMALL  # the red tiny-model banner on top
-    assert band > 0 and tuple(strip[0, -1]) == (200, 0, 0) and strip.shape[1] == 3 * SMALL
-    assert (strip[band:, :SMALL] == pair.structure.to_uint8()).all()
-    assert (strip[band:, SMALL:2 * SMALL] == pair.appearance.to_uint8()).all()
-
-    meta, strip = _saved(tmp_path / "multi")
-    assert meta["tiny_model"] is True and "appearance_box" not in meta
-    assert [o["target_box"] for o in meta["objects"]] == [[0, 0, half, SMALL],
-                                                          [half, 0, SMALL, SMALL]]
-    assert [o["appearance_box"] for o in meta["objects"]] == [None, [0, 0, half, SMALL]]
-    assert meta["strip"] == ["structure", "appearance 1", "appearance 2", "result"]
-    assert tuple(strip[0, -1]) == (200, 0, 0) and strip.shape[1] == 4 * SMALL
-    for n, image in enumerate([multi.structure] + multi.references):
-        assert (strip[band:, n * SMALL:(n + 1) * SMALL] == image.to_uint8()).all()
+    for bad_struct, step in ((poisoned(struct, z=k0 + 2), 2), (poisoned(struct, xt=k0), 0)):
+        seen = []
+        with pytest.raises(NumericalError) as e:
+            run_transfer(lab.models, app, bad_struct, pair.appearance_mask, pair.structure_mask,
+                         cfg, callback=seen.append)
+        assert_names(e, f"step {step} ", f"t={int(struct.timesteps[k0 + step])}")
+        assert all(torch.isfinite(ev.latent).all() for ev in seen[:step])
+    # the stored inversions themselves were not touched
+    assert torch.isfinite(struct.zs).all() and torch.isfinite(struct.xts).all()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import json
 from pathlib import Path
@@ -19,7 +18,6 @@ from e4e_lab.errors import BoxError, ConfigError  # noqa: E402
 from e4e_lab.evaluation import evaluate  # noqa: E402
 from e4e_lab.evaluation.baselines import paint_by_example  # noqa: E402
 from e4e_lab.io.formats import ObjectSpec, PairSpec, read_boxes, read_pairs  # noqa: E402
-from e4e_lab.method.config import TransferConfig  # noqa: E402
 from e4e_lab.method.images import LoadedImage  # noqa: E402
 from e4e_lab.method.masks import box_mask  # noqa: E402
 from e4e_lab.models import BANNERS  # noqa: E402
@@ -28,55 +26,39 @@ import widgets  # noqa: E402
 from widgets import (BoxDrawer, ComparisonGrid, ExtraBox, MultiBoxDrawer,  # noqa: E402
                      PartExplorer, render)
 
-from test_widgets import frontend_event, serialize_all  # noqa: E402
+from conftest import SMALL  # noqa: E402
+from widget_helpers import drag, frontend_event, hue, serialize_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "example"
-SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def mlab(models, tmp_path_factory):
-    from e4e_lab.session import Lab
-
-    return Lab(models=models, cache_dir=tmp_path_factory.mktemp("multi-cache"))
-
-
-@pytest.fixture(scope="module")
-def imgs(mlab):
+def imgs(shared_lab):
     """structure, cat, cup at 64 px (loaded from files: their sources are paths)."""
-    return [mlab.load_image(EX / n, SIZE) for n in
+    return [shared_lab.load_image(EX / n, SMALL) for n in
             ("horse_silhouette.png", "chelsea_cat.png", "coffee_cup.png")]
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    # dift_block 2: an 8x8 DIFT grid at 64 px, room for several parts
-    return TransferConfig(num_steps=10, skip_steps=3, feat_range=(1, 6), adain_range=(5, 10),
-                          refresh_until=2, domain="animal", dift_block=2, dift_ensemble=2)
+def cfg(fast_config):
+    """The short schedule on the example photos; DIFT up-block 2: an 8x8 DIFT grid at
+    64 px, room for several parts."""
+    return fast_config.replace(domain="animal", dift_block=2, dift_ensemble=2)
 
 
 def example_pair(lab):
+    """The example photo pair (files, so that their sources are paths) with its boxes."""
     return lab.pair(EX / "chelsea_cat.png", EX / "horse_silhouette.png",
-                    boxes=EX / "boxes.json", mask="box", size=SIZE)
-
-
-def drag(drawer, a, b):
-    drawer.on_mouse_down(*a)
-    drawer.on_mouse_move(*b)
-    drawer.on_mouse_up(*b)
-
-
-def hue(rgb) -> float:
-    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
+                    boxes=EX / "boxes.json", mask="box", size=SMALL)
 
 
 # ------------------------------------------------------------------ banner --
 
-def test_new_widgets_show_the_tiny_banner(mlab, imgs, cfg):
-    pair = example_pair(mlab)
-    built = [MultiBoxDrawer(mlab, imgs[0], imgs[1:]), ComparisonGrid(mlab, pair, cfg),
-             PartExplorer(mlab, pair, cfg)]
+def test_new_widgets_show_the_tiny_banner(shared_lab, imgs, cfg):
+    pair = example_pair(shared_lab)
+    built = [MultiBoxDrawer(shared_lab, imgs[0], imgs[1:]), ComparisonGrid(shared_lab, pair, cfg),
+             PartExplorer(shared_lab, pair, cfg)]
     for w in built:
         assert widgets.has_banner(w.widget), type(w).__name__
         assert w.banner == BANNERS["tiny"]
@@ -106,9 +88,9 @@ def test_box_drawer_extras_are_drawn_and_picked(imgs):
 
 # --------------------------------------------------------- multi box drawer --
 
-def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
+def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(shared_lab, imgs):
     structure, cat, cup = imgs
-    d = MultiBoxDrawer(mlab, structure, [cat, cup])
+    d = MultiBoxDrawer(shared_lab, structure, [cat, cup])
     assert len(d.pairs) == 1 and d.selected == 0  # ready to draw
     drag(d.target, (4, 6), (30, 40))
     drag(d.reference, (2, 2), (50, 60))
@@ -157,9 +139,9 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(mlab, imgs):
     assert d.objects() == [ObjectSpec(cat, target_box=[1, 1, 20, 20])]
 
 
-def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
+def test_pairs_json_round_trip_is_what_the_cli_reads(shared_lab, imgs, tmp_path):
     structure, cat, cup = imgs
-    d = MultiBoxDrawer(mlab, structure, [cat, cup], pairs=EX / "multi_pairs.json")
+    d = MultiBoxDrawer(shared_lab, structure, [cat, cup], pairs=EX / "multi_pairs.json")
     # drawn at 512 px ("_size"), rescaled to 64
     assert [(p.target_box, p.reference, p.appearance_box) for p in d.pairs] == [
         ((2, 1, 33, 62), 0, (1, 0, 59, 64)), ((32, 1, 63, 62), 1, (7, 2, 62, 63))]
@@ -167,17 +149,17 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
     drag(d.target, (20, 30), (25, 35))  # move pair 1's target box (clamped to the image)
     saved = d.save(tmp_path / "sub" / "pairs.json")
     data = json.loads(saved.read_text())
-    assert data["_size"] == SIZE and data["objects"][0]["target_box"] == [7, 3, 38, 64]
+    assert data["_size"] == SMALL and data["objects"][0]["target_box"] == [7, 3, 38, 64]
     # appearance paths are relative to the file, as the CLI reads them
     assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
         EX / "chelsea_cat.png", EX / "coffee_cup.png"]
     # the CLI's --pairs reader and Lab.multi_pair see the same pairs
-    multi = mlab.multi_pair(structure, read_pairs(saved), mask="box")
+    multi = shared_lab.multi_pair(structure, read_pairs(saved), mask="box")
     assert multi.boxes == d.multi_pair(mask="box").boxes
     assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",
                                                                      EX / "coffee_cup.png"]
     # a reference that is not given is loaded from the file
-    other = MultiBoxDrawer(mlab, structure, [cat], path=saved)
+    other = MultiBoxDrawer(shared_lab, structure, [cat], path=saved)
     assert other.load() == [dataclasses.replace(o, appearance=other.references[i])
                             for o, i in zip(d.objects(), (0, 1))]
     assert [r.name for r in other.references] == ["chelsea_cat.png", "coffee_cup.png"]
@@ -193,7 +175,7 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(mlab, imgs, tmp_path):
         other.load({"objects": [{"appearance": "chelsea_cat.png", "target_box": [9, 9, 1, 1]}]})
     assert "target_box" in other.status.value and len(other.pairs) == 2
     with pytest.raises(BoxError, match="same size"):
-        MultiBoxDrawer(mlab, structure, [mlab.load_image(EX / "coffee_cup.png", 128)])
+        MultiBoxDrawer(shared_lab, structure, [shared_lab.load_image(EX / "coffee_cup.png", 128)])
 
 
 # ----------------------------------------------------------- comparison grid --
@@ -221,7 +203,7 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
     spec = PairSpec("cat_horse", EX / "chelsea_cat.png", EX / "horse_silhouette.png",
                              cfg.domain)
     rows, _ = evaluate.evaluate(lab, [spec], read_boxes(EX / "boxes.json"), ("v",), cfg,
-                                mask="box", size=SIZE)
+                                mask="box", size=SMALL)
     assert {k: rows[0][k] for k in grid.results[1].scores} == grid.results[1].scores
     assert len(list(lab.disk_cache.folder.glob("*.safetensors"))) == 2
 
@@ -240,22 +222,11 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
         evaluate.compare_methods(lab, pair, ["feature", "dall-e"], cfg)
 
 
-def test_best_methods_follow_score_directions():
-    def res(method, **scores):
-        full = dict.fromkeys(evaluate.HIGHER_IS_BETTER, 0.5) | scores
-        return evaluate.MethodResult(method, torch.zeros(3, 2, 2), 1.0, full, TransferConfig())
-
-    best = evaluate.best_methods([res("feature", ssim=0.9, histogram_distance=0.4),
-                                  res("v", ssim=0.2, histogram_distance=0.1)])
-    assert best["ssim"] == "feature" and best["histogram_distance"] == "v"
-    assert "part_agreement" not in best  # pair-level: the same for every method
-
-
 # ------------------------------------------------------------- part explorer --
 
-def test_part_explorer_confusion_counts_the_matches(mlab, cfg):
-    pair = example_pair(mlab)
-    pe = PartExplorer(mlab, pair, cfg, k=4)
+def test_part_explorer_confusion_counts_the_matches(shared_lab, cfg):
+    pair = example_pair(shared_lab)
+    pe = PartExplorer(shared_lab, pair, cfg, k=4)
     parts, fld = pe.parts, pe.parts.field
     conf = parts.confusion
     assert conf.shape == (4, 4) and pe.feature_passes == 1
@@ -268,7 +239,7 @@ def test_part_explorer_confusion_counts_the_matches(mlab, cfg):
         assert int(conf[:, i].sum()) == int((ref_part == i).sum())
     assert pe.parts.agreement == pytest.approx(float(conf.diagonal().sum() / conf.sum()))
     # the same parts the metrics use
-    scores = evaluate.score(pair.structure.pixels, pair, mlab, cfg)
+    scores = evaluate.score(pair.structure.pixels, pair, shared_lab, cfg)
     assert pe.parts.agreement == scores["part_agreement"]
     # same colour = same cluster on both images
     colors = render.palette(4)
@@ -297,11 +268,11 @@ def test_part_explorer_confusion_counts_the_matches(mlab, cfg):
     ys, xs = torch.nonzero(pe.parts.parts.target >= 0, as_tuple=True)
     cell = (int(ys[0]), int(xs[0]))
     grid = pe.features.grid
-    x, y = (cell[1] + 0.5) * SIZE / grid[1], (cell[0] + 0.5) * SIZE / grid[0]
+    x, y = (cell[1] + 0.5) * SMALL / grid[1], (cell[0] + 0.5) * SMALL / grid[0]
     part = int(pe.parts.parts.target[cell])
     assert pe.pick(x, y) == part == pe.highlight
     ov, labels = pe.ref_view.overlay, pe.parts.parts.reference.numpy()
     assert np.all(ov[labels == part, 3] > ov[(labels >= 0) & (labels != part), 3].max(initial=0))
     assert pe.pick(x, y) is None
     with pytest.raises(ConfigError, match="'k'"):
-        pair_parts(mlab, pair, cfg, pe.features.max_k + 1, features=pe.features)
+        pair_parts(shared_lab, pair, cfg, pe.features.max_k + 1, features=pe.features)

@@ -1,11 +1,12 @@
-"""Weights-free metrics, the ViT metric on a tiny random ViT, and part discovery."""
+"""The weights-free metrics (``e4e_lab/analysis/metrics.py``), and the ViT metric on a
+tiny random ViT."""
 
 import pytest
 import torch
 
 from e4e_lab.analysis import metrics
-from e4e_lab.analysis.parts import discover_parts, kmeans
-from e4e_lab.method.correspondence import CorrespondenceField
+
+from conftest import identity_field
 
 
 def smooth(seed, size=32):
@@ -59,10 +60,6 @@ def test_histogram_distance():
         metrics.histogram_distance(red, blue, mask, None)
 
 
-def identity_field(h, w):
-    return CorrespondenceField(torch.arange(h * w), torch.ones(h * w), (h, w), (h, w))
-
-
 def test_pck_and_cycle_consistency():
     fld = identity_field(8, 8)
     pts = torch.tensor([[4.0, 4.0], [20.0, 28.0]])
@@ -72,28 +69,3 @@ def test_pck_and_cycle_consistency():
     f = torch.randn(16, 6, 6)
     assert metrics.cycle_consistency(f, f) == 1.0
     assert 0.0 <= metrics.cycle_consistency(f, torch.randn(16, 6, 6)) <= 1.0
-
-
-def test_kmeans_separates_clusters():
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(50, 2, generator=g) + 10, torch.randn(50, 2, generator=g) - 10])
-    labels, centres = kmeans(x, 2)
-    assert len(set(labels[:50].tolist())) == 1 and labels[0] != labels[50]
-
-
-def test_parts_confusion_and_colour_distance():
-    # two-part features: left half one direction, right half another, in both images
-    feats = torch.zeros(4, 8, 8)
-    feats[0, :, :4], feats[1, :, 4:] = 1, 1
-    parts = discover_parts(feats + 0.01 * torch.randn(4, 8, 8), feats, k=2)
-    fld = identity_field(8, 8)
-    conf = parts.confusion(fld)
-    assert conf.sum() == 64 and parts.agreement(fld) == 1.0
-    img = torch.zeros(3, 32, 32)
-    img[0, :, :16], img[2, :, 16:] = 1, 1
-    assert metrics.part_colour_distance(img, img, parts, fld) == pytest.approx(0, abs=1e-3)
-    # a mirrored field sends each part to the other one: high colour distance
-    ys, xs = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
-    mirror = CorrespondenceField((ys * 8 + 7 - xs).flatten(), torch.ones(64), (8, 8), (8, 8))
-    assert parts.agreement(mirror) == 0.0
-    assert metrics.part_colour_distance(img, img, parts, mirror) > 50

@@ -1,4 +1,6 @@
-"""`e4e-lab evaluate` under Hugging Face Accelerate: two CPU processes split the pairs.
+"""Several methods on the same pairs (``e4e_lab/evaluation/evaluate.py``): the best
+method per score, and ``e4e-lab evaluate`` under Hugging Face Accelerate, where two CPU
+processes split the pairs and match one process.
 
 Why ``--multi_gpu`` on a CPU: accelerate's ``--cpu`` launcher starts a single process
 unless MPI is used (``--mpirun_hostfile``); ``--multi_gpu`` starts the processes with
@@ -6,18 +8,20 @@ torchrun, and with no GPU visible ``run_distributed`` joins them in one gloo gro
 """
 
 import json
-import re
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
+from e4e_lab import TransferConfig
+from e4e_lab.evaluation import evaluate
 from e4e_lab.evaluation.report import COLUMNS, read_csv
-
 from e4e_lab.models import BANNERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +105,14 @@ def test_accelerate_launch_splits_pairs_and_matches_one_process(tmp_path):
             same = (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-3,
                                                                      abs_tol=1e-4)
             assert same, (key, col, a, b)
+
+
+def test_best_methods_follow_score_directions():
+    def res(method, **scores):
+        full = dict.fromkeys(evaluate.HIGHER_IS_BETTER, 0.5) | scores
+        return evaluate.MethodResult(method, torch.zeros(3, 2, 2), 1.0, full, TransferConfig())
+
+    best = evaluate.best_methods([res("feature", ssim=0.9, histogram_distance=0.4),
+                                  res("v", ssim=0.2, histogram_distance=0.1)])
+    assert best["ssim"] == "feature" and best["histogram_distance"] == "v"
+    assert "part_agreement" not in best  # pair-level: the same for every method
