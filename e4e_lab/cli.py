@@ -94,6 +94,10 @@ def _add_model(m, d: TransferConfig) -> None:
                    help="FreeU placement: reference (every decoder-block input, as published; "
                    "default) or diffusers (its enable_freeu)")
     m.add_argument("--no-freeu", action="store_true", help="turn FreeU off")
+    m.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (inductor): the first steps compile for "
+                   "tens of seconds to minutes; worth it on a GPU over many runs, rarely on "
+                   "a CPU")
 
 
 def _add_method(meth, d: TransferConfig) -> None:
@@ -228,6 +232,8 @@ def _transfer(args) -> int:
     t0 = time.perf_counter()
     lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
               use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
+    if args.compile:
+        lab.models.compile_unet()
     pair = _load_pair(lab, args, boxes, objects)
     bars = _Bars(args.quiet, config.injection)
     try:
@@ -262,6 +268,8 @@ def _evaluate(args) -> int:
                 device = None
         lab = Lab(model=args.model, device=device, dtype=dtype, cache_dir=args.cache_dir,
                   sam_checkpoint=args.sam_checkpoint)
+        if args.compile:
+            lab.models.compile_unet()
         return lab
 
     def progress(pair, method):

@@ -30,13 +30,15 @@ def run(layer, mode, step, guided=True, recorder=None, refresh_until=40):
     state = InjectionState(cfg, (H, W), [RegionPair(torch.ones(H, W), torch.ones(H, W))], "cpu",
                            recorder=recorder)
     layout = BatchLayout.for_guidance(guided)
+    name = "up_blocks.3.attentions.0.transformer_blocks.0.attn1.processor"
+    state.layers = [name]  # what the `injection` manager sets
     state.begin_step(step, layout)
     g = torch.Generator().manual_seed(step)
     hs = torch.randn(layout.size, H * W, C, generator=g)
     with torch.no_grad():
-        out = make_processor("up_blocks.3.attentions.0.transformer_blocks.0.attn1.processor",
-                             state)(layer, hs)
+        out = make_processor(name, state)(layer, hs)
         plain = AttnProcessor2_0()(layer, hs)
+    state.end_step()  # the recorder gets the step's notes after the UNet call
     return hs, out, plain, layout
 
 
@@ -149,6 +151,7 @@ def test_multi_object_pairs_take_features_only_from_their_partner(layer):
     state.begin_step(1, layout)
     hs = torch.randn(layout.size, H * W, C, generator=torch.Generator().manual_seed(3))
     out = make_processor("L", state)(layer, hs)
+    state.end_step()
     (fld,) = state.recorder.matches.values()
     n = H * W
     idx = fld.index.reshape(H, W)

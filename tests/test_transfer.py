@@ -205,3 +205,38 @@ def test_nan_in_a_stored_inversion_is_reported_with_its_step(warm_lab, build_pai
         assert all(torch.isfinite(ev.latent).all() for ev in seen[:step])
     # the stored inversions themselves were not touched
     assert torch.isfinite(struct.zs).all() and torch.isfinite(struct.xts).all()
+
+
+# ------------------------------------------------------------------ compile --
+
+def test_compiled_unet_gives_the_same_transfer_and_compiles_once_per_kind_of_step(
+        build_pair, fast_config, reference_run, tmp_path):
+    """``--compile``: the processors decide per step outside the UNet, so dynamo compiles
+    one graph per batch shape and kind of step (plain, match, refresh), not one per step,
+    and a second run compiles nothing. The ``eager`` backend checks the capture on a CPU
+    in seconds (inductor's kernels round differently and take minutes to build here)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from e4e_lab import Lab
+    from e4e_lab.models import load_pipeline
+
+    torch._dynamo.reset()
+    counters.clear()
+    models = load_pipeline("tiny", device="cpu").compile_unet(backend="eager")
+    assert "+compiled-eager" in models.fingerprint
+    try:
+        lab = Lab(models=models, cache_dir=tmp_path / "cache")
+        first = lab.transfer(build_pair(lab, boxes=True), fast_config)
+        graphs = counters["stats"]["unique_graphs"]
+        again = lab.transfer(build_pair(lab, boxes=True), fast_config)
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled
+        config = torch._dynamo.config  # the limit was called cache_size_limit before 2.6
+        limit = getattr(config, "recompile_limit", None) or config.cache_size_limit
+        assert 0 < graphs < limit  # one graph per step would reach the limit: eager again
+    finally:
+        torch._dynamo.reset()
+    expected, _ = reference_run
+    for res in (first, again):
+        assert torch.equal(res.latents, expected.latents)
+        assert res.recorder.calls == expected.recorder.calls

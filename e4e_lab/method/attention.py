@@ -84,10 +84,12 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @dataclass
 class _Call:
-    """One injected layer call: the batch rows, the grid, and whether it is a refresh."""
+    """One injected layer call: the batch rows, the grid, and whether it is a refresh.
+
+    It holds no step number: the step is read from the state only when a recorder asks,
+    so the UNet's compiled graph (``Models.compile_unet``) does not depend on it."""
 
     name: str
-    step: int
     grid: tuple[int, int]
     layout: BatchLayout
     refresh: bool
@@ -119,13 +121,10 @@ class InjectionProcessor:
         st = self.state
         if (encoder_hidden_states is not None or hidden_states.ndim != 3
                 or attn.spatial_norm is not None or attn.group_norm is not None
-                or not st.config.injects_at(st.step)):
+                or not st.active):
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        call = _Call(self.name, st.step, st.grid(hidden_states.shape[1]), st.layout,
-                     st.config.refreshes_at(st.step))
-        if st.recorder is not None:
-            st.recorder.on_injection(self.name, call.step,
-                                     "refresh" if call.refresh else self.kind)
+        call = _Call(self.name, st.grid(hidden_states.shape[1]), st.layout, st.refresh)
+        st.note("injection", self.name, "refresh" if call.refresh else self.kind)
         query, key, value = self.project(attn, hidden_states, call)
         q, k, v = (_heads(x, attn.heads) for x in (query, key, value))
         if attn.norm_q is not None:
@@ -160,13 +159,12 @@ class InjectionProcessor:
 
     def _record_attention(self, q, k, v, call: _Call) -> None:
         """Explicit attention weights of every row, only where a recorder asks."""
-        rec = self.state.recorder
-        if rec is None or not rec.wants_attention(self.name, call.step):
+        if self.name not in self.state.attention_now:
             return
         probs = {row: explicit_attention(q[r], k[r], v[r], self._contrast(call, r),
                                          keep_probs=True)[1]
                  for row, r in call.layout.names().items()}
-        rec.on_attention(self.name, call.step, probs, call.grid)
+        self.state.note("attention", self.name, probs, call.grid)
 
     def _contrast(self, call: _Call, row: int) -> float | None:
         return None
@@ -269,6 +267,7 @@ class injection:
 
     def __enter__(self) -> list[str]:
         self._saved = dict(self.unet.attn_processors)
+        self.state.layers = list(self.layers)
         procs = dict(self._saved)
         for name in self.layers:
             procs[name] = make_processor(name, self.state)

@@ -52,6 +52,13 @@ class InjectionState:
         self.dift_field = dift_field
         self.recorder = recorder
         self.step: int = -1
+        # What the processors do at this step, decided once per step outside the UNet, so
+        # a compiled UNet (Models.compile_unet) sees flags, never the step number.
+        self.active = False  # inject (match or refresh)
+        self.refresh = False  # a structure-refresh step
+        self.layers: list[str] = []  # the injected layers (set by the `injection` manager)
+        self.attention_now: frozenset[str] = frozenset()  # layers whose weights to record
+        self._notes: list[tuple] = []  # recorder calls of this step, handed over at its end
         self.layout = BatchLayout.for_guidance(True, self.references)
         self._masks: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._fields: dict[tuple[int, int], CorrespondenceField] = {}
@@ -61,7 +68,26 @@ class InjectionState:
         return max(p.reference for p in self.pairs) + 1
 
     def begin_step(self, step: int, layout: BatchLayout) -> None:
+        self.end_step()
         self.step, self.layout = step, layout
+        self.active = self.config.injects_at(step)
+        self.refresh = self.active and self.config.refreshes_at(step)
+        rec = self.recorder
+        self.attention_now = frozenset(
+            name for name in self.layers if rec is not None and rec.wants_attention(name, step))
+
+    def note(self, hook: str, layer: str, *payload) -> None:
+        """Called by the processors for the recorder (``hook`` is ``injection``,
+        ``matches`` or ``attention``): kept in order and passed on by :meth:`end_step`
+        with the step number."""
+        if self.recorder is not None:
+            self._notes.append((hook, layer, payload))
+
+    def end_step(self) -> None:
+        """Hand this step's notes to the recorder (after the UNet call)."""
+        notes, self._notes = self._notes, []
+        for hook, layer, payload in notes:
+            getattr(self.recorder, f"on_{hook}")(layer, self.step, *payload)
 
     def grid(self, tokens: int) -> tuple[int, int]:
         h, w = self.latent_shape
@@ -113,6 +139,5 @@ class InjectionState:
                 index = torch.where(hit, idx + pair.reference * n, index)
                 score = torch.where(hit, sc, score)
             fld = CorrespondenceField(index, score, grid, grid)
-        if self.recorder is not None:
-            self.recorder.on_matches(layer, self.step, fld)
+        self.note("matches", layer, fld)
         return fld

@@ -274,6 +274,7 @@ def _step(run: _Run, x_out: torch.Tensor, i: int):
     latents = torch.cat(rows).to(models.dtype)
     pred = models.unet(latents, run.timesteps_dev[k],
                        encoder_hidden_states=run.emb[guided]).sample.float()
+    run.state.end_step()
     out = pred[layout.output:layout.output + 1]
     if guided:
         plain = pred[layout.plain:layout.plain + 1]

@@ -77,6 +77,24 @@ class Models:
         finally:
             self.lock.release()
 
+    def compile_unet(self, backend: str = "inductor", mode: str | None = None) -> "Models":
+        """``torch.compile`` the UNet in place (``--compile``; off by default).
+
+        The module stays the same object, so the attention processors a transfer installs
+        still apply. They decide what to do once per step, outside the UNet (see
+        :class:`~e4e_lab.method.regions.InjectionState`), so dynamo compiles a graph per
+        kind of step (plain, match, refresh) and per batch shape, not one per step.
+        Compiled kernels may round differently from eager ones, so the fingerprint (hence
+        the inversion cache key) names the backend. Compiling costs tens of seconds to
+        minutes at the first calls and pays off over many GPU calls, rarely on a CPU.
+        """
+        if getattr(self.pipe.unet, "_e4e_compiled", None) != (backend, mode):
+            self.pipe.unet.compile(backend=backend, mode=mode, dynamic=False)
+            self.pipe.unet._e4e_compiled = (backend, mode)
+            base = self.fingerprint.split("+compiled")[0]
+            self.fingerprint = f"{base}+compiled-{backend}-{mode or 'default'}"
+        return self
+
     @property
     def unet(self):
         return self.pipe.unet
