@@ -138,6 +138,7 @@ def _add_evaluate(sub, d: TransferConfig) -> None:
     for flag in ("--model", "--device", "--cache-dir"):
         e.add_argument(flag, default="auto" if flag == "--model" else None)
     e.add_argument("--dtype", choices=("float16", "bfloat16", "float32"))
+    e.add_argument("--compile", action="store_true", help="torch.compile the UNet (see transfer)")
     e.add_argument("--mask", choices=MASK_CHOICES, default=MaskMode.AUTO.value)
     e.add_argument("--sam-checkpoint", metavar="PATH")
     e.add_argument("--size", type=int, metavar="PX")
