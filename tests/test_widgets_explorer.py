@@ -96,3 +96,56 @@ def test_match_change_sentence_follows_the_plotted_numbers():
     assert "re-match more as denoising goes on" in figures.describe_match_changes(growing)
     flat = _recorder([8] * 9)
     assert "about as many change early as late" in figures.describe_match_changes(flat)
+
+
+# --------------------------------------------------------------- attention --
+
+@pytest.fixture(scope="module")
+def attention_runs(shared_lab, pair, fast_config):
+    """'v' recorded one layer at one step; 'feature' two layers at two steps."""
+    from e4e_lab.method.layers import injected_layers
+
+    layers = injected_layers(shared_lab.models.unet)
+    one = fast_config.replace(injection="v", record_attention_layers=(layers[-1],),
+                              record_attention_steps=(3,))
+    two = fast_config.replace(injection="feature", record_attention_layers=tuple(layers[-2:]),
+                              record_attention_steps=(3, 4))
+    return layers, {"v": shared_lab.transfer(pair, one), "feature": shared_lab.transfer(pair, two)}
+
+
+def test_attention_menus_offer_every_recorded_layer_and_step(shared_lab, pair, attention_runs):
+    from widgets import AttentionViewer
+
+    layers, runs = attention_runs
+    viewer = AttentionViewer(shared_lab, pair, runs)  # the run with fewer recordings first
+    assert [v for _, v in viewer.layer.options] == [layers[-1], layers[-2]]
+    viewer.set_view(layer=layers[-1])
+    assert list(viewer.step.options) == [3, 4]
+    viewer.set_view(layer=layers[-2], step=4)
+    viewer.select(30, 30)
+    assert viewer.maps["feature"] is not None
+    assert viewer.maps["v"] is None and "not recorded" in viewer.captions["v"].value
+    assert "query pixel x=30, y=30" in viewer.info.value
+
+
+def test_attention_columns_keep_their_width_and_wrap(shared_lab, pair, attention_runs):
+    from widgets import AttentionViewer
+
+    viewer = AttentionViewer(shared_lab, pair, attention_runs[1], display_size=192)
+    row = next(c for c in viewer.widget.children if viewer.query_view.canvas in _descendants(c))
+    assert "wrap" in row.layout.flex_flow
+    for col in row.children:
+        assert col.layout.flex == "0 0 auto"
+        canvases = [w for w in _descendants(col) if w in
+                    [viewer.query_view.canvas] + [v.canvas for v in viewer.key_views.values()]]
+        assert len(canvases) == 1
+        assert col.layout.min_width == canvases[0].layout.width == "192px"
+
+
+def _descendants(widget):
+    out, stack = [], [widget]
+    while stack:
+        w = stack.pop()
+        out.append(w)
+        stack.extend(getattr(w, "children", ()) or ())
+    return out
