@@ -147,6 +147,7 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(shared_lab, imgs, tmp_path)
         ((2, 1, 33, 62), 0, (1, 0, 59, 64)), ((32, 1, 63, 62), 1, (7, 2, 62, 63))]
     d.select(0)
     drag(d.target, (20, 30), (25, 35))  # move pair 1's target box (clamped to the image)
+    (tmp_path / "sub").mkdir()  # Save refuses a missing folder
     saved = d.save(tmp_path / "sub" / "pairs.json")
     data = json.loads(saved.read_text())
     assert data["_size"] == SMALL and data["objects"][0]["target_box"] == [7, 3, 38, 64]
