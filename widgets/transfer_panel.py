@@ -2,7 +2,8 @@
 
 The transfer runs in a background thread, so the kernel stays free to handle widget
 events while it runs (the Stop button, the other viewers). Stop sets a
-``threading.Event`` that the denoising loop checks between steps. Inversions are
+``threading.Event`` that the denoising loop checks between steps, and that the panel's
+inversion-progress callback checks between two UNet batches of an inversion. Inversions are
 reused from the ``Lab`` cache: a change of guidance, ranges or injection mode re-runs
 only the denoising (seed, FreeU and the step count change the inversion itself).
 """
@@ -34,6 +35,7 @@ CONTROLLED = ("injection", "correspondence", "guidance", "skip_steps", "feat_ran
 
 class TransferPanel(BackgroundRun, LabWidget):
     what = "transfer"
+    _inversion_stopped: str | None = None  # how far an inversion got when Stop ended it
 
     def __init__(self, lab, pair, config: TransferConfig | None = None, gallery=None,
                  preview_every: int = 5, preview: str = "fast", display_size: int = 192):
@@ -178,7 +180,7 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.steps_done, self.steps_per_s = 0, 0.0
         self.total_steps = config.denoising_steps
         self.preview_steps = []
-        self._inversion_stopped: str | None = None
+        self._inversion_stopped = None
         self.progress.max, self.progress.value = max(1, self.total_steps), 0
         return self._start(self._work, (config, self.run_pair(), self.mask.value),
                            "e4e-transfer", block)
