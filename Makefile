@@ -28,8 +28,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# JupyterLab on the notebooks with the widget manager's "save widget state" on, so a saved
+# notebook keeps its widgets' state: lab-settings/overrides.json is installed as this
+# venv's settings override (its app settings dir, {sys.prefix}/share/jupyter/lab/settings;
+# in overrides.d, beside any overrides.json of the environment), never into the user's own
+# settings; a choice made in the Settings editor still wins over it.
+LAB_SETTINGS := $(abspath $(VENV))/share/jupyter/lab/settings
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	mkdir -p $(LAB_SETTINGS)/overrides.d
+	cp lab-settings/overrides.json $(LAB_SETTINGS)/overrides.d/e4e-lab.json
+	$(BIN)/jupyter lab --LabApp.app_settings_dir=$(LAB_SETTINGS) notebooks/
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_matching.py

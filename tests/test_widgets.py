@@ -65,6 +65,8 @@ def test_every_widget_shows_the_tiny_banner(shared_lab, pair, fast_config, runs)
     ]
     for w in built:
         assert widgets.has_banner(w.widget), type(w).__name__
+        # one banner per frame: nested pieces do not repeat it
+        assert widgets.widget_text(w.widget).count('class="e4e-banner"') == 1, type(w).__name__
         assert w.banner == BANNERS["tiny"]
         assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
         serialize_all(w.widget)

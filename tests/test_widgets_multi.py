@@ -61,6 +61,8 @@ def test_new_widgets_show_the_tiny_banner(shared_lab, imgs, cfg):
              PartExplorer(shared_lab, pair, cfg)]
     for w in built:
         assert widgets.has_banner(w.widget), type(w).__name__
+        # one banner per frame: nested pieces do not repeat it
+        assert widgets.widget_text(w.widget).count('class="e4e-banner"') == 1, type(w).__name__
         assert w.banner == BANNERS["tiny"]
         assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
         serialize_all(w.widget)
@@ -147,6 +149,7 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(shared_lab, imgs, tmp_path)
         ((2, 1, 33, 62), 0, (1, 0, 59, 64)), ((32, 1, 63, 62), 1, (7, 2, 62, 63))]
     d.select(0)
     drag(d.target, (20, 30), (25, 35))  # move pair 1's target box (clamped to the image)
+    (tmp_path / "sub").mkdir()  # Save refuses a missing folder
     saved = d.save(tmp_path / "sub" / "pairs.json")
     data = json.loads(saved.read_text())
     assert data["_size"] == SMALL and data["objects"][0]["target_box"] == [7, 3, 38, 64]

@@ -18,7 +18,7 @@ methods (callable from tests without a browser), and ``.widget`` is what to disp
 
 from .attention import AttentionViewer
 from .boxes import BoxDrawer, ExtraBox, PairBoxDrawer
-from .common import banner_html, banner_widget, has_banner, show_banner, widget_text
+from .common import banner_html, banner_widget, has_banner, open_lab, show_banner, widget_text
 from .compare import ComparisonGrid
 from .correspondence import CorrespondenceExplorer
 from .gallery import RunGallery, RunRecord
@@ -30,4 +30,5 @@ from .transfer_panel import TransferPanel
 __all__ = ["AttentionViewer", "BoxDrawer", "ComparisonGrid", "CorrespondenceExplorer",
            "ExtraBox", "MaskEditor", "MultiBoxDrawer", "ObjectPair", "PairBoxDrawer",
            "PairMaskEditor", "PartExplorer", "RunGallery", "RunRecord", "TransferPanel",
-           "banner_html", "banner_widget", "has_banner", "show_banner", "widget_text"]
+           "banner_html", "banner_widget", "has_banner", "open_lab", "show_banner",
+           "widget_text"]

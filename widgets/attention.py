@@ -23,9 +23,21 @@ from e4e_lab.analysis.grids import cell_center, pixel_to_cell, short_layer_name
 from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, captioned, image_widget
+from .explorer_text import cell_xy, grid_text
 
 
 MEAN = -1  # the head choice "mean over heads"
+
+
+def column(children, width: int) -> W.VBox:
+    """A column that keeps ``width`` px however narrow the window: a row of these wraps
+    onto the next line instead of squeezing one under its neighbour."""
+    return W.VBox(children, layout=W.Layout(min_width=f"{width}px", flex="0 0 auto",
+                                            margin="0 12px 8px 0"))
+
+
+def wrapping_row(children) -> W.HBox:
+    return W.HBox(children, layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
 
 
 def _label_results(results) -> dict[str, object]:
@@ -60,15 +72,17 @@ class AttentionViewer(LabWidget):
         self._layouts: dict[int, str] = {}
         self._quiet = False
 
-        first = next(iter(self.results.values())).recorder
-        keys = list(first.attention)
-        layers = list(dict.fromkeys(layer for layer, _ in keys))
+        # every (layer, step) any of the runs recorded, in recording order
+        self.recorded = list(dict.fromkeys(key for r in self.results.values()
+                                           for key in r.recorder.attention))
+        layers = list(dict.fromkeys(layer for layer, _ in self.recorded))
         self.layer = W.Dropdown(
-            options=[(f"{short_layer_name(n)} ({first.grids[n][0]}x{first.grids[n][1]})",
+            options=[(f"{short_layer_name(n)} ({self._grid_of(n)[0]}x{self._grid_of(n)[1]})",
                       n) for n in layers], description="layer")
         self.step = W.Dropdown(options=[], description="step")
         self.head = W.Dropdown(options=[("mean", MEAN)], value=MEAN, description="head")
-        branches = [b for b in ATTENTION_BRANCHES if b in first.attention[keys[0]]]
+        first = self._entry(*self.recorded[0])
+        branches = [b for b in ATTENTION_BRANCHES if b in first]
         self.branch = W.Dropdown(options=branches, value="output", description="branch")
         self.opacity = W.FloatSlider(value=opacity, min=0, max=1, step=0.05,
                                      description="opacity")
@@ -81,27 +95,38 @@ class AttentionViewer(LabWidget):
         for label, res in self.results.items():
             self.key_views[label] = ImageCanvas(pair.structure, display_size)
             self.captions[label] = W.HTML()
-            panels.append(W.VBox([W.HTML(f"<b>{html.escape(label)}</b> "
+            width = self.key_views[label].display_w
+            self.captions[label].layout.max_width = f"{width}px"
+            panels.append(column([W.HTML(f"<b>{html.escape(label)}</b> "
                                          f"(injection: {html.escape(res.config.injection)})"),
-                                  self.key_views[label].canvas, self.captions[label]]))
-        thumbs = [captioned(image_widget(render.resize_nearest(
+                                  self.key_views[label].canvas, self.captions[label]], width))
+        thumbs = [column([captioned(image_widget(render.resize_nearest(
             render.to_uint8(r.image), *render.display_shape(self.size, 128)), width=128),
-            f"result: {label}") for label, r in self.results.items()]
+            f"result: {label}")], 128) for label, r in self.results.items()]
 
         self.layer.observe(self._on_layer, names="value")
         for w in (self.step, self.head, self.branch, self.opacity):
             w.observe(lambda _: self.update(), names="value")
         self.widget = self._frame(
             W.HBox([self.layer, self.step]), W.HBox([self.head, self.branch, self.opacity]),
-            W.HBox([captioned(self.query_view.canvas, "query: click a pixel")] + panels),
-            self.info, W.HBox(thumbs), title="Attention viewer")
+            wrapping_row([column([captioned(self.query_view.canvas, "query: click a pixel")],
+                                 self.query_view.display_w)] + panels),
+            self.info, wrapping_row(thumbs), title="Attention viewer")
         self._on_layer(None)
 
     # --------------------------------------------------------------- choices --
+    def _grid_of(self, layer: str) -> tuple[int, int]:
+        return next(r.recorder.grids[layer] for r in self.results.values()
+                    if layer in r.recorder.grids)
+
+    def _entry(self, layer: str, step: int) -> dict:
+        """The recorded branches at (layer, step) of the first run that has them."""
+        return next(r.recorder.attention[(layer, step)] for r in self.results.values()
+                    if (layer, step) in r.recorder.attention)
+
     def _on_layer(self, _change) -> None:
-        first = next(iter(self.results.values())).recorder
-        steps = sorted(s for (lay, s) in first.attention if lay == self.layer.value)
-        heads = first.attention[(self.layer.value, steps[0])]["output"].shape[0] if steps else 0
+        steps = sorted({s for (lay, s) in self.recorded if lay == self.layer.value})
+        heads = self._entry(self.layer.value, steps[0])["output"].shape[0] if steps else 0
         self._quiet = True  # one redraw after the choices change, not one per change
         try:
             current = self.step.value
@@ -121,7 +146,7 @@ class AttentionViewer(LabWidget):
 
     @property
     def grid(self) -> tuple[int, int]:
-        return next(iter(self.results.values())).recorder.grids[self.layer.value]
+        return self._grid_of(self.layer.value)
 
     def set_view(self, layer: str | None = None, step: int | None = None,
                  head: int | None | str = "keep", branch: str | None = None) -> None:
@@ -172,10 +197,10 @@ class AttentionViewer(LabWidget):
         if self.query is None:
             self.info.value = "<i>click a query pixel</i>"
         else:
-            r, c = divmod(self.query_cell, self.grid[1])
+            cx, cy = cell_xy(self.query_cell, self.grid)
             head = "mean over heads" if self.head_index is None else f"head {self.head_index}"
-            self.info.value = (f"query ({self.query[0]:.0f}, {self.query[1]:.0f}) = cell "
-                               f"({r}, {c}) of {self.grid[0]}x{self.grid[1]}; step "
+            self.info.value = (f"query pixel x={self.query[0]:.0f}, y={self.query[1]:.0f} "
+                               f"&rarr; cell x={cx}, y={cy} of {grid_text(self.grid)}; step "
                                f"{self.step.value}, {head}, branch {branch}")
 
     def _draw_key(self, label: str, view: ImageCanvas, branch: str) -> None:
@@ -201,7 +226,7 @@ class AttentionViewer(LabWidget):
             view.mark_point(*self.query, render.TARGET_COLOR, radius=3)
         ent = attention_entropy(amap)
         uniform = float(torch.log(torch.tensor(float(amap.numel()))))
-        pr, pc = divmod(peak, self.grid[1])
+        px, py = cell_xy(peak, self.grid)
         self.captions[label].value = (
-            f"keys over the {layout} layout; peak cell ({pr}, {pc}) weight "
+            f"keys over the {layout} layout; peak cell x={px}, y={py} weight "
             f"{float(amap.flatten()[peak]):.3f}; entropy {ent:.2f} of {uniform:.2f} (uniform)")

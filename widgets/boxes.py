@@ -28,6 +28,7 @@ from e4e_lab.method.images import LoadedImage
 from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, status_html
+from .masks import concrete_mask_mode
 
 BOX_COLOR = (255, 200, 0)
 # handle name -> (x edge, y edge) it controls: 0 = low edge, 1 = high edge, None = none
@@ -234,6 +235,16 @@ def file_row(owner, path: str | Path, description: str) -> W.HBox:
     return W.HBox([owner.path, owner.save_button, owner.load_button])
 
 
+def refuse_missing_folder(owner, path: Path) -> None:
+    """Saving into a folder that does not exist is refused (a typo in the path would
+    otherwise create a tree of folders): says so in ``owner.status`` and raises."""
+    if not path.parent.is_dir():
+        message = (f"not saved: the folder '{path.parent}' does not exist (create it first, "
+                   "or choose another path)")
+        owner.status.value = status_html(message, "error")
+        raise BoxError(message)
+
+
 class PairBoxDrawer(LabWidget):
     """Both images of a pair side by side, each with its box; save/load the boxes JSON."""
 
@@ -277,6 +288,7 @@ class PairBoxDrawer(LabWidget):
         ours are written at the resolution the file declares (its ``"_size"``).
         """
         p = Path(path if path is not None else self.path.value).expanduser()
+        refuse_missing_folder(self, p)
         ours = self.boxes()
         try:
             written = write_boxes(p, ours, self.structure.size)
@@ -311,7 +323,9 @@ class PairBoxDrawer(LabWidget):
         return self.boxes()
 
     def pair(self, mask: str = "auto", **kwargs):
-        """``lab.pair`` of the two images with the drawn boxes."""
+        """``lab.pair`` of the two images with the drawn boxes (``auto`` masks resolved
+        here: the pair records the mode really used)."""
         return self.lab.pair(self.appearance.image, self.structure.image,
                              appearance_box=self.appearance.box,
-                             structure_box=self.structure.box, mask=mask, **kwargs)
+                             structure_box=self.structure.box,
+                             mask=concrete_mask_mode(self.lab, mask), **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 
 import ipywidgets as W
 import numpy as np
@@ -49,6 +50,39 @@ def show_banner(lab) -> None:
     text = banner_html(lab)
     if text:
         display(HTML(text))
+
+
+class _RepeatsTheBanner(logging.Filter):
+    """Holds back log records that only say, in other words, what the banner says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from e4e_lab.models import BANNERS
+
+        message = record.getMessage()
+        return not any(text in message for text in BANNERS.values())
+
+
+#: the loggers that announce the offline model while a session loads
+_ANNOUNCERS = ("e4e_lab.models.loading", "e4e_lab.models.random_sd")
+
+
+def open_lab(**kwargs):
+    """``Lab(**kwargs)`` for a notebook cell, which then shows one banner: the HTML one
+    (wording from ``e4e_lab.models.BANNERS``), not also the loading log's warning that
+    announces the same model in other words. Other warnings pass."""
+    from e4e_lab import Lab
+
+    held = _RepeatsTheBanner()
+    loggers = [logging.getLogger(name) for name in _ANNOUNCERS]
+    for logger in loggers:
+        logger.addFilter(held)
+    try:
+        lab = Lab(**kwargs)
+    finally:
+        for logger in loggers:
+            logger.removeFilter(held)
+    show_banner(lab)
+    return lab
 
 
 def widget_text(widget) -> str:

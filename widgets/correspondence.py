@@ -32,6 +32,7 @@ from e4e_lab.errors import ModelBusy
 from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, captioned, image_widget, set_image, status_html
+from .explorer_text import STALE_TEXT, selection_text
 
 
 class CorrespondenceExplorer(LabWidget):
@@ -49,6 +50,8 @@ class CorrespondenceExplorer(LabWidget):
         self.dift_cache: dict[tuple, FeatureLookup] = {}
         self.recorded_cache: dict[tuple, FeatureLookup | None] = {}
         self.given = lookup
+        if lookup is not None and lookup.settings is not None:  # DIFT features already here
+            self.dift_cache[_dift_key(**lookup.settings)] = lookup
         # the current correspondence and selection
         self.lookup: FeatureLookup | None = None
         self.field = None
@@ -142,16 +145,12 @@ class CorrespondenceExplorer(LabWidget):
 
     # -------------------------------------------------------------- sources --
     def _dift_key(self) -> tuple:
-        return (self.block.value, self.timestep.value, self.ensemble.value, self.prompt,
-                self.seed)
+        return _dift_key(self.block.value, self.timestep.value, self.ensemble.value,
+                         self.prompt, self.seed)
 
     def _dift_settings_changed(self) -> None:
-        if self.source.value == "dift":
-            if self._dift_key() in self.dift_cache:
-                self.refresh_source()
-            else:
-                self.status.value = status_html("DIFT settings changed: press 'Compute "
-                                                "features'", "warn")
+        if self.source.value == "dift":  # reuses features held for these settings
+            self.refresh_source()
 
     def compute_dift(self) -> FeatureLookup | None:
         """Compute (or reuse) DIFT features for the slider settings and show them."""
@@ -254,7 +253,8 @@ class CorrespondenceExplorer(LabWidget):
         """Select target model pixel (x, y): heatmap and best match; returns the match."""
         self.selected = (float(x), float(y))
         grid = self.target_grid
-        if grid is None:
+        if grid is None:  # nothing to look up: drop the previous answer, do not show it
+            self.cell = self.heat = self.match = self.score = None
             self._redraw()
             return None
         self.cell = pixel_to_cell(x, y, self.size, grid)
@@ -310,7 +310,8 @@ class CorrespondenceExplorer(LabWidget):
             self.ref_view.clear_marks()
             self.ref_view.set_overlay(self.heat_overlay() if self.cell is not None else None)
             if self.selected is None or self.cell is None:
-                self.info.value = "<i>click a target pixel</i>"
+                self.info.value = "<i>click a target pixel</i>" if self.target_grid \
+                    else STALE_TEXT
                 return
             tg = self.target_grid
             self.target_view.mark_box(cell_rect(self.cell, tg, self.size),
@@ -318,22 +319,14 @@ class CorrespondenceExplorer(LabWidget):
             self.target_view.mark_point(*self.selected, render.TARGET_COLOR, radius=4)
             if self.match_xy is not None:
                 self.ref_view.mark_point(*self.match_xy, render.MATCH_COLOR, radius=5, cross=True)
-        x, y = self.selected
-        r, c = divmod(self.cell, tg[1])
-        if self.match is not None and self.match >= 0:
-            mr, mc = divmod(self.match, self.ref_grid[1])
-            mx, my = self.match_xy
-            text = (f"target ({x:.0f}, {y:.0f}) = cell ({r}, {c}) of {tg[0]}x{tg[1]} &rarr; "
-                    f"best match cell ({mr}, {mc}) at ({mx:.0f}, {my:.0f}), "
-                    f"cosine {self.score:.3f}")
-        else:
-            text = (f"target ({x:.0f}, {y:.0f}) = cell ({r}, {c}): outside the target mask or "
-                    "no candidate (background keeps its own features)")
-        self.info.value = text
+        self.info.value = selection_text(self.selected, self.cell, tg, self.match,
+                                         self.ref_grid, self.match_xy, self.score)
 
     def draw_field_views(self) -> None:
-        """Warped reference and unused-reference views of the current field."""
+        """Warped reference and unused-reference views of the current field (hidden
+        while there is none, rather than showing another setting's)."""
         if self.field is None:
+            self.warped_image.layout.display = self.unused_image.layout.display = "none"
             return
         width = self.warped_image.layout.width
         size = int(width.rstrip("px")) if width else 192
@@ -348,3 +341,8 @@ class CorrespondenceExplorer(LabWidget):
 
     def describe(self) -> str:
         return html.unescape(self.info.value)
+
+
+def _dift_key(block: int, timestep: int, ensemble: int, prompt: str, seed: int) -> tuple:
+    """What DIFT features depend on: the explorer's cache key."""
+    return (block, timestep, ensemble, prompt, seed)

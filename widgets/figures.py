@@ -176,6 +176,33 @@ def match_changes(recorder, lab=None):
     return _stamp(fig, lab)
 
 
+def describe_match_changes(recorder, margin: float = 0.1) -> str:
+    """What :func:`match_changes` plots, in words computed from the same numbers: per
+    grid, the mean fraction of matches changing per step over the first and the last
+    third of the recorded steps, and whether the matches settle, re-match more later, or
+    neither (the two means within ``margin``)."""
+    by_grid: dict[tuple, list[tuple[int, float]]] = {}
+    for layer in recorded_layers(recorder):
+        by_grid.setdefault(tuple(recorder.grids.get(layer, ("?", "?"))), []).extend(
+            layer_match_changes(recorder, layer))
+    lines = []
+    for grid, points in by_grid.items():
+        if len(points) < 3:
+            continue
+        steps = sorted({s for s, _ in points})
+        third = max(1, len(steps) // 3)
+        early_steps, late_steps = set(steps[:third]), set(steps[-third:])
+        early = float(np.mean([f for s, f in points if s in early_steps]))
+        late = float(np.mean([f for s, f in points if s in late_steps]))
+        verdict = ("they settle" if late < early - margin else
+                   "they re-match more as denoising goes on" if late > early + margin else
+                   "about as many change early as late")
+        lines.append(f"{grid[0]}x{grid[1]} layers: {early:.0%} of matches change per step "
+                     f"early (steps {min(early_steps)}-{max(early_steps)}), {late:.0%} late "
+                     f"(steps {min(late_steps)}-{max(late_steps)}): {verdict}")
+    return "\n".join(lines) or "too few recorded steps to say how the matches change"
+
+
 def attention_comparison(results: dict, pair, layer: str, step: int,
                          query: tuple[float, float], lab=None, branch: str = "output"):
     """For each run: where the query pixel attends (mean over heads)."""

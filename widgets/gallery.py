@@ -15,6 +15,7 @@ from e4e_lab.io.outputs import safe_name, save_run
 
 from . import render
 from .common import LabWidget, captioned, image_widget, status_html
+from .run_labels import effective_params, run_summary
 from .transfer_panel import CONTROLLED
 
 # Parameters shown for every run: the ones the transfer panel changes, and the step count
@@ -37,18 +38,17 @@ class RunRecord:
         return self.result.config
 
     def params(self) -> dict:
-        d = self.config.to_dict()
+        """The shown parameters with the values the run used (a field its mode ignores
+        reads 'n/a'; cross-image's guidance schedule and AdaIN start are spelled out)."""
+        d = effective_params(self.config)
         out = {k: d[k] for k in SHOWN}
         out["mask"] = self.masked
         out["ms/step"] = round(self.result.timings.get("ms_per_step", float("nan")), 1)
         return out
 
     def summary(self) -> str:
-        c = self.config
-        adain = f"adain={list(c.adain_range)}" if c.adain else "no adain"
-        return (f"{self.name}: {c.injection}, g={c.guidance:g}, skip={c.skip_steps}, "
-                f"feat={list(c.feat_range)}, {adain}, seed={c.seed}"
-                f"{'' if self.masked else ', no mask'}{'' if c.freeu == 'reference' else f', FreeU {c.freeu}'}")
+        """One line saying what the run used (not what idle controls read)."""
+        return f"{self.name}: {run_summary(self.config)}{'' if self.masked else ', no mask'}"
 
 
 class RunGallery(LabWidget):

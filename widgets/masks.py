@@ -7,6 +7,7 @@ injected self-attention layers (matching).
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import ipywidgets as W
@@ -24,6 +25,34 @@ from .common import LabWidget, captioned, image_widget, set_image, status_html
 
 SOURCES = [("SAM-HQ (box + clicks)", MaskMode.SAM.value), ("box", MaskMode.BOX.value),
            ("whole image", MaskMode.NONE.value)]
+#: shown (once per editor frame) when no SAM-HQ checkpoint is loaded
+NO_SAM_NOTE = ("No SAM-HQ checkpoint: the masks are the boxes, and object / background "
+               "clicks are off (pass sam_checkpoint= to Lab, or a masker= here, for SAM-HQ "
+               "masks refined by clicks)")
+
+
+log = logging.getLogger(__name__)
+_told = set()  # what this kernel has been told already
+
+
+def no_sam_widget() -> W.HTML:
+    return W.HTML(status_html(NO_SAM_NOTE, "warn"))
+
+
+def concrete_mask_mode(lab, mask) -> str:
+    """``mask`` with ``auto`` made concrete before the library sees it: ``sam`` when a
+    SAM-HQ checkpoint is available, else ``box``. The pair then records the mode it
+    really used, and the missing checkpoint is said once per kernel (the library would
+    say it for every image)."""
+    mode = MaskMode.parse(mask)
+    if mode is not MaskMode.AUTO:
+        return mode.value
+    if lab.sam_available():
+        return MaskMode.SAM.value
+    if "no-sam" not in _told:
+        _told.add("no-sam")
+        log.warning("%s", NO_SAM_NOTE.replace(" here", " to the widgets"))
+    return MaskMode.BOX.value
 
 
 def default_masker(lab):
@@ -70,8 +99,9 @@ class MaskEditor(LabWidget):
         self.opacity.observe(lambda _: self.draw(), names="value")
         self.undo_button.on_click(lambda _: self.undo())
         self.reset_button.on_click(lambda _: self.reset())
+        note = no_sam_widget() if masker is None and banner else None
         self.widget = self._frame(
-            self.view.canvas, self.source, self.click_label, self.opacity,
+            note, self.view.canvas, self.source, self.click_label, self.opacity,
             W.HBox([self.undo_button, self.reset_button]), self.status,
             W.HTML("<i>what the method sees:</i>"), self.grids,
             title=title or image.name)
@@ -80,6 +110,10 @@ class MaskEditor(LabWidget):
     # --------------------------------------------------------------- events --
     def on_click(self, x: float, y: float) -> None:
         """Add a click at model pixel (x, y) with the current label and recompute."""
+        if self.masker is None:
+            self.status.value = status_html(
+                "no SAM-HQ checkpoint: clicks cannot refine the mask (it is the box)", "warn")
+            return
         if self.source.value != MaskMode.SAM:
             self.status.value = status_html(
                 "clicks refine SAM-HQ masks: choose 'SAM-HQ' as the mask source", "warn")
@@ -107,6 +141,9 @@ class MaskEditor(LabWidget):
     def update(self) -> None:
         """Recompute the mask from the source, box and clicks, and redraw."""
         source = self.source.value
+        clicks_off = self.masker is None or source != MaskMode.SAM
+        for control in (self.click_label, self.undo_button, self.reset_button):
+            control.disabled = clicks_off
         if source == MaskMode.SAM and self.masker is None:
             self.mask = object_mask(self.image, self.box, MaskMode.BOX)
             self.status.value = status_html(
@@ -166,26 +203,39 @@ class PairMaskEditor(LabWidget):
         masker = masker if masker is not None else default_masker(lab)
         common = dict(lab=lab, masker=masker, display_size=display_size, banner=False,
                       **kwargs)
+        self.drawer = None
         self.appearance = MaskEditor(pair.appearance, pair.appearance_box,
                                      title=f"appearance (reference): {pair.appearance.name}",
                                      **common)
         self.structure = MaskEditor(pair.structure, pair.structure_box,
                                     title=f"structure (target): {pair.structure.name}", **common)
         self.status = W.HTML()
-        self.widget = self._frame(W.HBox([self.appearance.widget, self.structure.widget]),
+        self.widget = self._frame(None if masker is not None else no_sam_widget(),
+                                  W.HBox([self.appearance.widget, self.structure.widget]),
                                   self.status, title="Masks")
 
     @classmethod
     def from_boxes(cls, lab, drawer, **kwargs) -> "PairMaskEditor":
-        """From a :class:`~widgets.boxes.PairBoxDrawer` (masks start as SAM or box masks)."""
-        return cls(lab, drawer.pair(mask="box"), **kwargs)
+        """From a :class:`~widgets.boxes.PairBoxDrawer` (masks start as SAM or box masks);
+        the editors follow the drawer's boxes when they are edited later."""
+        editor = cls(lab, drawer.pair(mask="box"), **kwargs)
+        editor.follow(drawer)
+        return editor
+
+    def follow(self, drawer) -> None:
+        """Take each box edited in ``drawer`` (a PairBoxDrawer) as that image's box."""
+        self.drawer = drawer
+        for mine, theirs in ((self.appearance, drawer.appearance),
+                             (self.structure, drawer.structure)):
+            theirs.observers.append(lambda d, mine=mine: mine.set_box(d.box))
 
     def pair(self):
         """The pair with the edited masks (raises MaskError for an empty mask)."""
         p = self.base_pair
         try:
-            out = self.lab.pair(p.appearance, p.structure, appearance_box=p.appearance_box,
-                                structure_box=p.structure_box, appearance_mask=self.appearance.mask,
+            out = self.lab.pair(p.appearance, p.structure, appearance_box=self.appearance.box,
+                                structure_box=self.structure.box,
+                                appearance_mask=self.appearance.mask,
                                 structure_mask=self.structure.mask)
         except E4ELabError as exc:
             self.status.value = status_html(str(exc), "error")

@@ -28,8 +28,10 @@ from e4e_lab.io.formats import (Box, ObjectSpec, pairs_document, parse_box, read
 from e4e_lab.method.images import LoadedImage
 
 from . import render
-from .boxes import BoxDrawer, ExtraBox, file_row
+from .boxes import BoxDrawer, ExtraBox, file_row, refuse_missing_folder
 from .common import LabWidget, status_html
+from .masks import concrete_mask_mode
+from .pair_notes import overlap_warnings, unsaved_text
 
 
 @dataclass
@@ -59,6 +61,7 @@ class MultiBoxDrawer(LabWidget):
         self.selected: int | None = None
         self._next_color = 0
         self._syncing = False
+        self._saved: tuple[Path, dict] | None = None  # (file, document) of the last save
         self.ref_choice = W.Dropdown(description="reference", layout=W.Layout(width="340px"))
         if not references:
             raise BoxError("MultiBoxDrawer needs at least one reference image: pass "
@@ -217,6 +220,10 @@ class MultiBoxDrawer(LabWidget):
         self.remove_button.disabled = sel is None
         self.ref_choice.disabled = sel is None
         self.legend.value = self.legend_html()
+        if self._saved is not None:
+            unsaved = unsaved_text(self._saved, self.to_json(self._saved[0].parent))
+            self.status.value = status_html(unsaved, "warn") if unsaved else status_html(
+                f"saved {len(self._saved[1]['objects'])} pair(s) to {self._saved[0]}", "ok")
 
     def _pair_button(self, n: int) -> W.Button:
         b = W.Button(description=f"pair {n + 1}", icon="check" if n == self.selected else "",
@@ -241,8 +248,11 @@ class MultiBoxDrawer(LabWidget):
                 f"{_box_text(p.target_box)}</td><td>takes colours from</td>"
                 f"<td>{sw.format(rc)} {html.escape(self.references[p.reference].name)} "
                 f"{_box_text(p.appearance_box)}</td></tr>")
+        warnings = "".join(f"<br>{status_html('warning: ' + w, 'warn')}" for w in
+                           overlap_warnings([p.target_box for p in self.pairs]))
         return ("<table style='border-spacing:8px 1px'>" + "".join(rows) + "</table><small>"
-                "boxes in model pixels; click a pair's box on an image to edit that pair</small>")
+                "boxes in model pixels; click a pair's box on an image to edit that pair"
+                f"</small>{warnings}")
 
     # ------------------------------------------------------------------ output --
     def objects(self) -> list[ObjectSpec]:
@@ -254,8 +264,10 @@ class MultiBoxDrawer(LabWidget):
                 for p in self.pairs]
 
     def multi_pair(self, mask: str = "auto", **kwargs):
-        """``lab.multi_pair`` of the structure with the drawn pairs."""
-        return self.lab.multi_pair(self.structure, self.objects(), mask=mask, **kwargs)
+        """``lab.multi_pair`` of the structure with the drawn pairs (``auto`` masks
+        resolved here: the result records the mode really used)."""
+        return self.lab.multi_pair(self.structure, self.objects(),
+                                   mask=concrete_mask_mode(self.lab, mask), **kwargs)
 
     def to_json(self, folder: str | Path = ".") -> dict:
         """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the
@@ -265,13 +277,16 @@ class MultiBoxDrawer(LabWidget):
     def save(self, path: str | Path | None = None) -> Path:
         """Write the pairs JSON that ``e4e-lab transfer --pairs`` reads."""
         p = Path(path if path is not None else self.path.value).expanduser()
+        refuse_missing_folder(self, p)
         try:
             write_pairs(p, self.objects(), self.structure.size)
-        except OSError as exc:
+            saved = read_pairs(p)  # count what the file holds, not what the drawer holds
+        except (OSError, BoxError) as exc:
             self.status.value = status_html(f"could not save '{p}': {exc}", "error")
             raise
         self.path.value = str(p)
-        self.status.value = status_html(f"saved {len(self.pairs)} pair(s) to {p}", "ok")
+        self._saved = (p, self.to_json(p.parent))
+        self.status.value = status_html(f"saved {len(saved)} pair(s) to {p}", "ok")
         return p
 
     def load(self, source: str | Path | dict | list | None = None, folder: str | Path = "."

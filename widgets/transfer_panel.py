@@ -2,7 +2,8 @@
 
 The transfer runs in a background thread, so the kernel stays free to handle widget
 events while it runs (the Stop button, the other viewers). Stop sets a
-``threading.Event`` that the denoising loop checks between steps. Inversions are
+``threading.Event`` that the denoising loop checks between steps, and that the panel's
+inversion-progress callback checks between two UNet batches of an inversion. Inversions are
 reused from the ``Lab`` cache: a change of guidance, ranges or injection mode re-runs
 only the denoising (seed, FreeU and the step count change the inversion itself).
 """
@@ -25,6 +26,7 @@ from e4e_lab.method.masks import full_mask
 from . import render
 from .background import BackgroundRun
 from .common import LabWidget, captioned, image_widget, set_image, status_html
+from .run_labels import guidance_text, ignored
 
 # config fields the panel controls
 CONTROLLED = ("injection", "correspondence", "guidance", "skip_steps", "feat_range", "adain",
@@ -33,6 +35,7 @@ CONTROLLED = ("injection", "correspondence", "guidance", "skip_steps", "feat_ran
 
 class TransferPanel(BackgroundRun, LabWidget):
     what = "transfer"
+    _inversion_stopped: str | None = None  # how far an inversion got when Stop ended it
 
     def __init__(self, lab, pair, config: TransferConfig | None = None, gallery=None,
                  preview_every: int = 5, preview: str = "fast", display_size: int = 192):
@@ -60,16 +63,23 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.status = W.HTML(status_html("ready"))
         self.preview = image_widget(width=display_size)
         self.result_image = image_widget(width=3 * display_size)
+        self._strip = None  # the result strip on show (uint8), for dimming when stale
+        self.stale_note = W.HTML(layout=W.Layout(display="none"))
+        self.mode_note = W.HTML()
         self.skip_steps.observe(self._on_skip, names="value")
+        for control in (self.injection, self.adain):
+            control.observe(lambda _: self._on_mode(), names="value")
+        self._on_mode()
 
-        controls = W.VBox([self.injection, self.correspondence, self.guidance, self.skip_steps,
-                           self.feat_range, W.HBox([self.adain, self.mask]),
+        controls = W.VBox([self.injection, self.mode_note, self.correspondence, self.guidance,
+                           self.skip_steps, self.feat_range, W.HBox([self.adain, self.mask]),
                            self.adain_range, self.freeu, self.seed,
                            W.HBox([self.preview_every, self.preview_mode])])
         self.widget = self._frame(
             controls, W.HBox([self.run_button, self.stop_button]), self.progress, self.status,
             W.HBox([captioned(self.preview, "predicted x0 (live)"),
-                    captioned(self.result_image, "structure | appearance | result")]),
+                    W.VBox([W.HTML("<b>structure | appearance | result</b>"),
+                            self.stale_note, self.result_image])]),
             title="Transfer")
 
     def _build_controls(self, preview_every: int, preview: str) -> None:
@@ -105,6 +115,28 @@ class TransferPanel(BackgroundRun, LabWidget):
                                        description="preview", style=style)
 
     # --------------------------------------------------------------- config --
+    def _on_mode(self) -> None:
+        """Disable the controls the injection mode ignores, each with a tooltip saying
+        why, and say what the mode uses instead."""
+        why = ignored(self.injection.value)
+        for name in CONTROLLED:
+            control = getattr(self, name)
+            control.disabled = name in why
+            control.tooltip = f"does not apply: {why[name]}" if name in why else None
+        if self.injection.value == "cross-image":
+            c = self.base.replace(injection="cross-image", adain=self.adain.value)
+            start = c.steps()["adain"][:1]
+            self.mode_note.value = status_html(
+                f"cross-image uses its own guidance schedule ({guidance_text(c)[2:]}) and "
+                + (f"masked AdaIN from step {start[0]}" if start else "no masked AdaIN")
+                + ": the guidance slider, the AdaIN range and the matching do not apply",
+                "warn")
+        elif why:
+            self.mode_note.value = status_html(
+                "no injection: the matching and the feature range do not apply", "warn")
+        else:
+            self.mode_note.value = ""
+
     def _on_skip(self, change) -> None:
         if not self.running:
             self.progress.max = max(1, self.base.num_steps - change["new"])
@@ -148,6 +180,7 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.steps_done, self.steps_per_s = 0, 0.0
         self.total_steps = config.denoising_steps
         self.preview_steps = []
+        self._inversion_stopped = None
         self.progress.max, self.progress.value = max(1, self.total_steps), 0
         return self._start(self._work, (config, self.run_pair(), self.mask.value),
                            "e4e-transfer", block)
@@ -160,11 +193,14 @@ class TransferPanel(BackgroundRun, LabWidget):
                                        cancel=self.cancel_event,
                                        inversion_progress=self._on_inversion)
         except TransferCancelled as exc:
+            where = (f"during the inversion (after {self._inversion_stopped}; nothing was "
+                     "cached)" if self._inversion_stopped else
+                     f"before step {exc.step} of {exc.total}")
             self.state, self.cancelled_at = "cancelled", exc.step
             self.status.value = status_html(
-                f"stopped before step {exc.step} of {exc.total}; the session is ready for "
-                "another run", "warn")
+                f"stopped {where}; the session is ready for another run", "warn")
             self.progress.bar_style = "warning"
+            self._mark_stale("stopped")
         else:
             self.result, self.state = result, "done"
             self.runs += 1
@@ -177,9 +213,19 @@ class TransferPanel(BackgroundRun, LabWidget):
                 f"done in {took:.1f} s ({self.steps_per_s:.1f} steps/s; {self.cache_note})",
                 "ok")
 
+    def _failed(self, exc: BaseException) -> None:
+        super()._failed(exc)
+        self._mark_stale("failed")
+
     def _on_inversion(self, done: int, total: int) -> None:
+        """Inversion progress; Stop takes effect here too, between two UNet batches
+        (raising through the library's progress callback: the inversion is dropped, not
+        cached). A finished inversion is kept: the denoising loop then stops at step 0."""
         self.inverted = True
         self.state = "inverting"
+        if self.cancel_event.is_set() and done < total:
+            self._inversion_stopped = f"{done}/{total} UNet evaluations"
+            raise TransferCancelled(0, self.total_steps)
         self.status.value = status_html(f"inverting the pair (once per image and settings): "
                                         f"{done}/{total} UNet evaluations")
 
@@ -188,11 +234,11 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.steps_done = event.step + 1
         self.steps_per_s = self.steps_done / max(event.elapsed, 1e-9)
         self.progress.value = self.steps_done
-        flags = ", ".join(f for f, on in (("injecting", event.injected), ("AdaIN", event.adain))
-                          if on)
+        flags = [f"t={event.timestep}", f"g={event.guidance:.3g}"] + [
+            f for f, on in (("injecting", event.injected), ("AdaIN", event.adain)) if on]
         self.status.value = status_html(
-            f"step {self.steps_done}/{event.total} (t={event.timestep}{', ' if flags else ''}"
-            f"{flags}) - {self.steps_per_s:.2f} steps/s")
+            f"step {self.steps_done}/{event.total} ({', '.join(flags)}) - "
+            f"{self.steps_per_s:.2f} steps/s")
         last = self.steps_done == event.total
         if self.steps_done % self.preview_every.value == 0 or last:
             self.show_preview(event.pred_x0)
@@ -214,5 +260,17 @@ class TransferPanel(BackgroundRun, LabWidget):
         strip = render.to_uint8(result.strip(pair.structure.pixels, pair.appearance.pixels))
         h, w = strip.shape[:2]
         scale = self.display_size / h
-        set_image(self.result_image, render.resize_smooth(strip, self.display_size,
-                                                          round(w * scale)))
+        self._strip = render.resize_smooth(strip, self.display_size, round(w * scale))
+        set_image(self.result_image, self._strip)
+        self.stale_note.layout.display = "none"
+
+    def _mark_stale(self, why: str) -> None:
+        """After a run that produced nothing: the strip on show (if any) is the previous
+        run's; say so above it and dim it."""
+        if self._strip is None:
+            return
+        self.stale_note.value = status_html(
+            f"{why} - showing the previous run (run {self.runs}), not this one", "warn")
+        self.stale_note.layout.display = None
+        faded = self._strip.astype("float32") * 0.4 + 255 * 0.6
+        set_image(self.result_image, faded.round().astype("uint8"))

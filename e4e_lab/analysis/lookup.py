@@ -33,6 +33,9 @@ class FeatureLookup:
     target_valid: torch.Tensor
     ref_valid: torch.Tensor
     source: str = "features"
+    #: how DIFT features were computed (block, timestep, ensemble, prompt, seed), so that a
+    #: viewer can tell whether it already holds the features a setting asks for
+    settings: dict | None = None
     _field: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -77,8 +80,12 @@ class FeatureLookup:
         with models.in_use(blocking, "compute features"):
             ft = dift_features(models, target, timestep, block, ensemble, prompt, seed)
             fr = dift_features(models, ref, timestep, block, ensemble, prompt, seed)
-        return cls.from_features(ft.features, fr.features, target_mask, ref_mask,
-                                 source=f"DIFT block {block}, t={timestep}, ensemble {ensemble}")
+        lookup = cls.from_features(ft.features, fr.features, target_mask, ref_mask,
+                                   source=f"DIFT block {block}, t={timestep}, "
+                                   f"ensemble {ensemble}")
+        lookup.settings = {"block": block, "timestep": timestep, "ensemble": ensemble,
+                           "prompt": prompt, "seed": seed}
+        return lookup
 
     @property
     def channels(self) -> int:
