@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import BoxError, ConfigError
+from ..errors import BoxError, ConfigError, E4ELabWarning
+from .files import read_json as _read_json
+from .files import write_json as _write_json
 
 Box = tuple[int, int, int, int]
 Size = tuple[int, int]  # (width, height)
+#: Bounds of a document's ``"_size"`` (pixels): beyond them the boxes would be rescaled
+#: by absurd factors.
+MIN_DECLARED_SIZE, MAX_DECLARED_SIZE = 8, 65536
 
 
 class MaskMode(enum.StrEnum):
@@ -111,9 +116,10 @@ def declared_size(value, what: str = "boxes") -> Size | None:
         value = (value, value)
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and 0 < v < 1e9 for v in value)):
-        raise BoxError(f'{what} "_size" must be a positive number or [width, height], '
-                       f"got {value!r}")
+                       and MIN_DECLARED_SIZE <= v <= MAX_DECLARED_SIZE for v in value)):
+        raise BoxError(f'{what} "_size" must be the resolution the boxes were drawn at, a '
+                       f"number of pixels in [{MIN_DECLARED_SIZE}, {MAX_DECLARED_SIZE}] or "
+                       f"[width, height], got {value!r}")
     return value[0], value[1]
 
 
@@ -144,30 +150,21 @@ def lookup_box(boxes: dict, image_name: str) -> list[float] | None:
     return stems.get(Path(base).stem)
 
 
+def warn_unmatched(boxes: dict | None, names: Sequence[str]) -> None:
+    """Warn (:class:`~e4e_lab.errors.E4ELabWarning`) when a boxes document names none of
+    the images ``names`` that look a box up in it: each then gets a whole-image mask."""
+    names = list(dict.fromkeys(names))
+    if not boxes or not names or any(lookup_box(boxes, n) is not None for n in names):
+        return
+    keys = [k for k in boxes if not str(k).startswith("_")]
+    shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+    warnings.warn(f"the boxes file names none of the images ({', '.join(map(repr, names))}; "
+                  f"its entries: {shown or 'none'}): whole-image masks are used. Name each "
+                  "image by its file name or stem in the boxes file", E4ELabWarning,
+                  stacklevel=3)
+
+
 # ------------------------------------------------------------- JSON files --
-
-def _read_json(path: Path, what: str):
-    """A small JSON file parsed as data, with a :class:`BoxError` naming ``what``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BoxError(f"{what} '{path}' is not UTF-8 text ({exc.reason} at byte "
-                       f"{exc.start}): give a JSON file") from None
-    except OSError as exc:
-        raise BoxError(f"{what} '{path}' cannot be read: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BoxError(f"{what} '{path}' is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise BoxError(f"{what} '{path}' is nested too deeply to be a {what}") from None
-
-
-def _write_json(path: Path, data) -> None:
-    from .cache import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2))
-
 
 def _size_entry(size: int | Sequence[int]):
     """How a document records its resolution: one number for a square, else [w, h]."""
