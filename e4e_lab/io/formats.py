@@ -112,6 +112,7 @@ def declared_size(value, what: str = "boxes") -> Size | None:
     """A document's ``"_size"`` (a number or [width, height]) as (width, height), or None."""
     if value is None:
         return None
+    given = value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value, value)
     if (not isinstance(value, (list, tuple)) or len(value) != 2
@@ -119,7 +120,7 @@ def declared_size(value, what: str = "boxes") -> Size | None:
                        and MIN_DECLARED_SIZE <= v <= MAX_DECLARED_SIZE for v in value)):
         raise BoxError(f'{what} "_size" must be the resolution the boxes were drawn at, a '
                        f"number of pixels in [{MIN_DECLARED_SIZE}, {MAX_DECLARED_SIZE}] or "
-                       f"[width, height], got {value!r}")
+                       f"[width, height], got {given!r}")
     return value[0], value[1]
 
 
@@ -182,16 +183,17 @@ def read_boxes(source: str | os.PathLike | dict, size: Size | None = None) -> di
     they are) and keys starting with ``_`` are dropped; without ``size`` the document is
     returned as it is, for a later call with the model's size.
     """
+    what = "boxes"
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
-        source = _read_json(p, "boxes file")
+        what, source = f"boxes file '{p}'", _read_json(p, "boxes file")
         if not isinstance(source, dict):
             raise BoxError(f"boxes file '{p}' must hold an object "
                            '{"file name": [x0, y0, x1, y1]}')
     if not isinstance(source, dict):
         raise BoxError(f'boxes must be an object {{"file name": [x0, y0, x1, y1]}}, '
                        f"got a {type(source).__name__}")
-    drawn_at = declared_size(source.get("_size"))
+    drawn_at = declared_size(source.get("_size"), what)
     if size is None:
         return dict(source)
     return {k: rescale_box(v, drawn_at, size) for k, v in source.items()
@@ -273,7 +275,7 @@ def read_pairs(source: str | os.PathLike | dict | list, folder: str | os.PathLik
         raise BoxError(f'{where} must be an object {{"_size": 512, "objects": '
                        '[{"target_box": [...], "appearance": PATH, "appearance_box": '
                        "[...]}, ...]} with at least one object")
-    drawn_at = declared_size(data.get("_size"), "pairs")
+    drawn_at = declared_size(data.get("_size"), where)
     specs = []
     for n, obj in enumerate(objects):
         spec = ObjectSpec.from_dict(obj, f"{where}: objects[{n}]", drawn_at)
