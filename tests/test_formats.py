@@ -185,7 +185,7 @@ def test_pairs_json_round_trips_with_paths_relative_to_the_file(tmp_path):
     with pytest.raises(BoxError, match=r"objects\[0\]\.appearance must be a path"):
         read_pairs(path)
     path.write_text(json.dumps({"_size": -1, "objects": [{"appearance": "a.png"}]}))
-    with pytest.raises(BoxError, match='pairs "_size"'):
+    with pytest.raises(BoxError, match='pairs.json\' "_size"'):
         read_pairs(path)
 
 
@@ -338,3 +338,16 @@ def test_a_boxes_document_naming_none_of_the_images_warns():
         warnings.simplefilter("error")
         warn_unmatched({"cat.png": [1, 1, 5, 5]}, ["cat.png", "dog.png"])  # one matches
         warn_unmatched(None, ["cat.png"])
+
+
+def test_a_pairs_folder_with_a_fifo_is_refused_not_skipped(tmp_path):
+    from conftest import call_with_timeout
+
+    os.mkfifo(tmp_path / "pairs.json")
+    exc = call_with_timeout(lambda: read_pairs_folder(tmp_path), tmp_path / "pairs.json")
+    assert isinstance(exc, BoxError) and "FIFO" in str(exc)
+    (tmp_path / "pairs.json").unlink()
+    (tmp_path / "pairs.json").write_text('[{"appearance": "a.png", "structure": "b.png"}]')
+    os.mkfifo(tmp_path / "boxes.json")  # was silently ignored: not a regular file
+    exc = call_with_timeout(lambda: read_pairs_folder(tmp_path), tmp_path / "boxes.json")
+    assert isinstance(exc, BoxError) and "boxes.json" in str(exc) and "FIFO" in str(exc)

@@ -334,7 +334,7 @@ def read_pairs_folder(folder: str | os.PathLike) -> tuple[list[PairSpec], dict |
     ``boxes.json`` as :func:`read_boxes` returns it (None without one)."""
     folder = Path(folder)
     spec = folder / "pairs.json"
-    if not spec.is_file():
+    if not spec.exists():  # a folder or a FIFO named pairs.json: read_json says which
         raise BoxError(f"pairs folder '{folder}' has no pairs.json file "
                        '([{"name", "appearance", "structure", "domain"}], see example/)')
     data = _read_json(spec, "pairs file")
@@ -348,5 +348,5 @@ def read_pairs_folder(folder: str | os.PathLike) -> tuple[list[PairSpec], dict |
                            f'"appearance" and "structure" paths, got {p!r}')
         pairs.append(PairSpec(str(p.get("name", f"pair{n}")), folder / p["appearance"],
                               folder / p["structure"], str(p.get("domain", "object"))))
-    boxes = read_boxes(folder / "boxes.json") if (folder / "boxes.json").is_file() else None
+    boxes = read_boxes(folder / "boxes.json") if (folder / "boxes.json").exists() else None
     return pairs, boxes
