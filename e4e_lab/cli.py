@@ -1,7 +1,9 @@
 """Command line: ``e4e-lab transfer ...`` (also ``python -m e4e_lab``).
 
 Bad input or an unavailable model exits with status 2 and one ``error:`` line on
-stderr (a traceback only with ``--debug``). Progress goes to stderr.
+stderr (a traceback only with ``--debug``). Input that is valid but does nothing (a step
+range no denoising step reaches, a boxes file naming neither image) prints one
+``warning:`` line each and the run goes on. Progress goes to stderr.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -330,3 +331,18 @@ def test_unknown_attention_layers_warn_once_the_layers_are_known(shared_lab, bui
     with pytest.warns(E4ELabWarning, match="up_blocks.9.nothing.*use '\\*'"):
         result = shared_lab.transfer(build_pair(shared_lab), cfg)
     assert result.recorder.attention == {}
+
+
+def test_the_recorder_checks_layer_names_after_the_first_injecting_step():
+    from e4e_lab.errors import E4ELabWarning
+    from e4e_lab.method.recording import RunRecorder
+
+    layers = ["up_blocks.1.a.attn1.processor", "up_blocks.2.b.attn1.processor"]
+    for asked, warns in (((layers[0], "*"), False), (("nope",), True)):
+        rec = RunRecorder(attention_layers=asked)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in (4, 4, 5, 5, 6, 6):  # every layer calls at each injecting step
+                rec.on_injection(layers[step % 2], step, "match")
+                rec.on_injection(layers[1 - step % 2], step, "match")
+        assert [issubclass(w.category, E4ELabWarning) for w in caught] == ([True] if warns else [])

@@ -179,7 +179,7 @@ class TransferConfig:
             raise ConfigError("record_attention_steps", steps,
                               f"a list of step indices, integers in [0, {self.num_steps}]")
         for message in self.unreached():
-            warnings.warn(message, E4ELabWarning, stacklevel=4)  # the caller's construction
+            warnings.warn(message, E4ELabWarning, stacklevel=3)  # where it was constructed
 
     # -- derived views -------------------------------------------------------
     @property

@@ -48,7 +48,7 @@ class RunRecorder:
     attention: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict)
     grids: dict[str, tuple[int, int]] = field(default_factory=dict)
     # layers seen at the first injecting step, until the names asked for are checked
-    _seen: tuple[int | None, set[str]] = field(default_factory=lambda: (None, set()),
+    _seen: tuple[int | None, set[str]] = field(default_factory=lambda: (None, set()), init=False,
                                                repr=False, compare=False)
 
     @classmethod
