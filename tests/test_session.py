@@ -346,3 +346,11 @@ def test_the_recorder_checks_layer_names_after_the_first_injecting_step():
                 rec.on_injection(layers[step % 2], step, "match")
                 rec.on_injection(layers[1 - step % 2], step, "match")
         assert [issubclass(w.category, E4ELabWarning) for w in caught] == ([True] if warns else [])
+
+
+def test_a_size_over_the_hard_limit_is_refused_by_the_session(lab, images):
+    from e4e_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:  # 99968 is a multiple of 64: only the limit stops it
+        lab.load_image(images[0], 99968)
+    assert_names(exc, "'size'", "99968", "4096")
