@@ -1,20 +1,24 @@
 """Command line: ``e4e-lab transfer ...`` (also ``python -m e4e_lab``).
 
 Bad input or an unavailable model exits with status 2 and one ``error:`` line on
-stderr (a traceback only with ``--debug``). Progress goes to stderr.
+stderr (a traceback only with ``--debug``). Input that is valid but does nothing (a step
+range no denoising step reaches, a boxes file naming neither image) prints one
+``warning:`` line each and the run goes on. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+import warnings
 
-from .errors import ConfigError, E4ELabError, TransferCancelled
+from .errors import ConfigError, E4ELabError, E4ELabWarning, TransferCancelled
 from .io.formats import MaskMode
 from .method.config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
-                            RESAMPLE_MODES, SCHEDULES, TransferConfig)
+                            MAX_SIZE, RESAMPLE_MODES, SCHEDULES, TransferConfig)
 
 MASK_CHOICES = tuple(m.value for m in MaskMode)
 
@@ -27,6 +31,25 @@ class _Parser(argparse.ArgumentParser):
 
 def _range(name):
     return dict(nargs=2, type=int, metavar=("START", "END"), dest=name)
+
+
+def _size(text: str) -> int:
+    """``--size`` in [8, MAX_SIZE]; the model checks its own multiple once loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 8 <= value <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{value} px is outside [8, {MAX_SIZE}]")
+    return value
+
+
+SIZE_HELP = (f"model resolution in [8, {MAX_SIZE}], a multiple of the model's factor (64 for "
+             "SD 1.5); sizes "
+             "whose rough memory estimate exceeds the free RAM/GPU memory are refused before "
+             "loading (default: the model's, 512 for SD 1.5)")
+RANGE_HELP = ("denoising steps [START, END) %s; a range that no denoising step reaches (read "
+              "through --schedule) prints a warning and the run goes on without it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +74,10 @@ def _add_transfer(sub, d: TransferConfig) -> None:
 
 def _add_inputs(io_) -> None:
     io_.add_argument("--appearance", metavar="PATH",
-                     help="appearance image (not needed with --pairs)")
-    io_.add_argument("--structure", required=True, metavar="PATH", help="structure image")
+                     help="appearance image, a regular file Pillow reads (not needed with "
+                     "--pairs)")
+    io_.add_argument("--structure", required=True, metavar="PATH",
+                     help="structure image, a regular file Pillow reads")
     io_.add_argument("--out", required=True, metavar="DIR", help="output folder")
     io_.add_argument("--overwrite", action="store_true",
                      help="replace a previous run in --out (refused otherwise)")
@@ -60,7 +85,9 @@ def _add_inputs(io_) -> None:
                      help="object box in the appearance image, model-resolution pixels")
     io_.add_argument("--structure-box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                      help="object box in the structure image, model-resolution pixels")
-    io_.add_argument("--boxes", metavar="JSON", help='boxes file {"file name": [x0, y0, x1, y1]}')
+    io_.add_argument("--boxes", metavar="JSON",
+                     help='boxes file {"file name": [x0, y0, x1, y1]} (a regular file up to 4 '
+                     "MiB); naming neither image prints a warning (whole-image masks)")
     io_.add_argument("--appearance-mask", metavar="PNG",
                      help="object mask of the appearance image (white = object); overrides --mask")
     io_.add_argument("--structure-mask", metavar="PNG",
@@ -68,13 +95,12 @@ def _add_inputs(io_) -> None:
     io_.add_argument("--pairs", metavar="JSON",
                      help='multi-object pairs: {"_size": 512, "objects": [{"target_box": [...], '
                      '"appearance": PATH, "appearance_box": [...]}, ...]}; paths relative to '
-                     "the JSON file")
+                     'the JSON file, "_size" in [8, 65536], a regular file up to 4 MiB')
     io_.add_argument("--mask", choices=MASK_CHOICES, default=MaskMode.AUTO.value,
                      help="object masks: SAM-HQ from the boxes, the boxes, or whole images "
                      "(auto: sam when a checkpoint is found, else box)")
     io_.add_argument("--sam-checkpoint", metavar="PATH", help="SAM-HQ checkpoint (sam_hq_vit_l.pth)")
-    io_.add_argument("--size", type=int, metavar="PX",
-                     help="model resolution (default: the model's, 512 for SD 1.5)")
+    io_.add_argument("--size", type=_size, metavar="PX", help=SIZE_HELP)
     io_.add_argument("--fit", choices=FIT_MODES, default="stretch",
                      help="how non-square images reach the model size (default stretch)")
     io_.add_argument("--resample", choices=RESAMPLE_MODES, default="bicubic",
@@ -85,10 +111,12 @@ def _add_model(m, d: TransferConfig) -> None:
     m.add_argument("--model", default="auto",
                    help="auto (SD 1.5 if available, else the toy model), toy, tiny, a hub id "
                    "or a folder")
-    m.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    m.add_argument("--device", help="cpu, cuda, cuda:N or mps, and it must exist here "
+                   "(default: cuda if available)")
     m.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                    help="default float16 on CUDA, float32 on CPU")
-    m.add_argument("--cache-dir", metavar="DIR", help="models and inversion cache folder")
+    m.add_argument("--cache-dir", metavar="DIR",
+                   help="models and inversion cache folder (created if missing; not a file)")
     m.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
     m.add_argument("--freeu", choices=FREEU_MODES[:2], default=d.freeu,
                    help="FreeU placement: reference (every decoder-block input, as published; "
@@ -110,8 +138,10 @@ def _add_method(meth, d: TransferConfig) -> None:
     meth.add_argument("--skip-steps", type=int, default=d.skip_steps)
     meth.add_argument("--guidance", type=float, default=d.guidance)
     meth.add_argument("--inversion-cfg", type=float, default=d.inversion_cfg)
-    meth.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"))
-    meth.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"))
+    meth.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"),
+                      help=RANGE_HELP % "that inject features")
+    meth.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"),
+                      help=RANGE_HELP % "followed by masked AdaIN")
     meth.add_argument("--no-adain", action="store_true", help="turn masked AdaIN off")
     meth.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                       help="published: the published code's effective steps (its counter lags "
@@ -135,32 +165,50 @@ def _add_evaluate(sub, d: TransferConfig) -> None:
                    choices=INJECTION_MODES + ("paint-by-example",),
                    help="methods to compare (paint-by-example loads Fantasy-Studio/"
                    "Paint-by-Example, or a tiny random instance with the tiny model)")
-    for flag in ("--model", "--device", "--cache-dir"):
-        e.add_argument(flag, default="auto" if flag == "--model" else None)
+    e.add_argument("--model", default="auto")
+    e.add_argument("--device", help="cpu, cuda, cuda:N or mps (it must exist here)")
+    e.add_argument("--cache-dir", metavar="DIR", help="cache folder (created if missing)")
     e.add_argument("--dtype", choices=("float16", "bfloat16", "float32"))
     e.add_argument("--compile", action="store_true", help="torch.compile the UNet (see transfer)")
     e.add_argument("--mask", choices=MASK_CHOICES, default=MaskMode.AUTO.value)
     e.add_argument("--sam-checkpoint", metavar="PATH")
-    e.add_argument("--size", type=int, metavar="PX")
+    e.add_argument("--size", type=_size, metavar="PX", help=SIZE_HELP)
     e.add_argument("--steps", type=int, default=d.num_steps)
     e.add_argument("--skip-steps", type=int, default=d.skip_steps)
     e.add_argument("--guidance", type=float, default=d.guidance)
-    e.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"))
-    e.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"))
+    e.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"),
+                   help=RANGE_HELP % "that inject features")
+    e.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"),
+                   help=RANGE_HELP % "followed by masked AdaIN")
     e.add_argument("--seed", type=int, default=d.seed)
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+@contextlib.contextmanager
+def _warning_lines():
+    """The library's :class:`E4ELabWarning` s as one ``warning:`` line each on stderr
+    (the run goes on); other warnings pass through as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, E4ELabWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def _config(args) -> TransferConfig:
-    return TransferConfig(
-        num_steps=args.steps, skip_steps=args.skip_steps, guidance=args.guidance,
-        inversion_cfg=args.inversion_cfg, domain=args.domain, seed=args.seed,
-        injection=args.injection, correspondence=args.correspondence,
-        feat_range=tuple(args.feat_range), adain_range=tuple(args.adain_range),
-        adain=not args.no_adain, freeu="off" if args.no_freeu else args.freeu,
-        schedule=args.schedule, mask_resize=args.mask_resize,
-    )
+    with _warning_lines():  # ranges that no denoising step reaches
+        return TransferConfig(
+            num_steps=args.steps, skip_steps=args.skip_steps, guidance=args.guidance,
+            inversion_cfg=args.inversion_cfg, domain=args.domain, seed=args.seed,
+            injection=args.injection, correspondence=args.correspondence,
+            feat_range=tuple(args.feat_range), adain_range=tuple(args.adain_range),
+            adain=not args.no_adain, freeu="off" if args.no_freeu else args.freeu,
+            schedule=args.schedule, mask_resize=args.mask_resize,
+        )
 
 
 def _check_inputs(args):
@@ -169,7 +217,12 @@ def _check_inputs(args):
     from .io.formats import read_boxes, read_pairs
     from .io.outputs import check_output
     from .method.images import check_image_file
+    from .models.device import check_cache_dir, check_fits, resolve_device
 
+    device = resolve_device(args.device)  # an unknown or absent device, before loading
+    check_cache_dir(args.cache_dir)
+    if args.size is not None:
+        check_fits(args.size, device)
     boxes = read_boxes(args.boxes) if args.boxes else None
     objects = read_pairs(args.pairs) if args.pairs else None
     if objects is None and not args.appearance:
@@ -188,11 +241,12 @@ def _load_pair(lab, args, boxes, objects):
                               fit=args.fit, resample=args.resample)
     from .method.masks import load_mask
 
-    return lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
-                    structure_box=args.structure_box, boxes=boxes, mask=args.mask,
-                    size=args.size, fit=args.fit, resample=args.resample,
-                    appearance_mask=load_mask(args.appearance_mask, args.fit),
-                    structure_mask=load_mask(args.structure_mask, args.fit))
+    with _warning_lines():  # a boxes file that names neither image
+        return lab.pair(args.appearance, args.structure, appearance_box=args.appearance_box,
+                        structure_box=args.structure_box, boxes=boxes, mask=args.mask,
+                        size=args.size, fit=args.fit, resample=args.resample,
+                        appearance_mask=load_mask(args.appearance_mask, args.fit),
+                        structure_mask=load_mask(args.structure_mask, args.fit))
 
 
 class _Bars:

@@ -54,3 +54,9 @@ class TransferCancelled(E4ELabError):
     def __init__(self, step: int, total: int):
         self.step, self.total = step, total
         super().__init__(f"transfer cancelled before step {step} of {total}")
+
+
+class E4ELabWarning(UserWarning):
+    """Input that is accepted but probably not what was meant: a step range that no
+    denoising step reaches, a boxes file that names none of the images, attention layers
+    that do not exist. The run goes on; the command line prints one ``warning:`` line."""

@@ -27,15 +27,17 @@ import torch
 
 from .errors import ConfigError, MaskError
 from .io.cache import TensorCache
-from .io.formats import Box, MaskMode, ObjectSpec, lookup_box, parse_box, read_boxes
+from .io.formats import (Box, MaskMode, ObjectSpec, lookup_box, parse_box, read_boxes,
+                         warn_unmatched)
 from .io.paths import cache_root
 from .method.config import TransferConfig
 from .method.correspondence import CorrespondenceField
-from .method.images import ImageLike, LoadedImage, load_image
+from .method.images import ImageLike, LoadedImage, check_image_source, load_image
 from .method.inversion import InversionResult, invert
 from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
 from .method.transfer import StepEvent, TransferResult, run_multi_transfer, run_transfer
+from .models.device import check_fits, check_session
 from .models.loading import Models, load_pipeline
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class Lab:
                  dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
                  use_disk_cache: bool = True, sam=None, sam_checkpoint: str | None = None,
                  models: Models | None = None):
+        device, dtype = check_session(device, dtype, cache_dir)  # typed errors, not torch's
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.models = models or load_pipeline(model, device=device, dtype=dtype,
                                               cache_dir=self.cache_dir)
@@ -143,6 +146,7 @@ class Lab:
         if isinstance(size, bool) or not isinstance(size, int) or size < m or size % m:
             raise ConfigError("size", size, f"a positive multiple of {m} for this model "
                               f"(default {self.models.default_size})")
+        check_fits(size, self.models.device, self.models.dtype)  # before allocating
         return size
 
     # -------------------------------------------------------------- stage 1 --
@@ -211,6 +215,8 @@ class Lab:
         ``boxes``: a boxes document or its JSON file, :func:`~e4e_lab.io.formats.read_boxes`)
         and compute their masks (or validate given ones)."""
         mode = MaskMode.parse(mask)
+        check_image_source(appearance, "appearance")
+        check_image_source(structure, "structure")
         app, struct = (src if isinstance(src, LoadedImage)
                        else self.load_image(src, size, fit, resample=resample)
                        for src in (appearance, structure))
@@ -218,6 +224,8 @@ class Lab:
             raise ConfigError("size", (app.size, struct.size),
                               "both images must have the same model resolution")
         boxes = read_boxes(boxes, struct.size) if boxes else None
+        warn_unmatched(boxes, [im.name for im, b in ((app, appearance_box),
+                                                      (struct, structure_box)) if b is None])
         resolved = []
         for img, box, given, role in ((app, appearance_box, appearance_mask, "appearance"),
                                       (struct, structure_box, structure_mask, "structure")):

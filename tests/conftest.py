@@ -167,3 +167,28 @@ def identity_field(h: int, w: int):
     from e4e_lab.method.correspondence import CorrespondenceField
 
     return CorrespondenceField(torch.arange(h * w), torch.ones(h * w), (h, w), (h, w))
+
+
+def call_with_timeout(fn, fifo=None, timeout: float = 20.0):
+    """``fn()``'s exception (or None) within ``timeout`` seconds, run in a daemon thread: a
+    regression that blocks (reading a FIFO) fails the test instead of hanging it. A reader
+    left blocked on ``fifo`` is released by opening its write end."""
+    import os
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            fn()
+        except BaseException as exc:  # handed back to the test
+            box["exc"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        if fifo is not None:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError(f"{fn} blocked for over {timeout} s")
+    return box.get("exc")

@@ -208,3 +208,143 @@ def test_debug_shows_the_traceback(cli_runs):
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr
     assert "ConfigError" in proc.stderr and "'guidance'" in proc.stderr
+
+
+# -------------------------------------------- hostile inputs (issue 15) --
+# Each case runs in a subprocess with a timeout, so one that hangs (a FIFO read) fails
+# instead of blocking the suite.
+
+def _hostile_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (arguments after the common ones, fragments the error line must hold)."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp / "img.png")
+    os.mkfifo(tmp / "fifo.json")
+    os.mkfifo(tmp / "fifo.png")
+    (tmp / "a_file").write_text("not a folder")
+    depth = 200_000
+    (tmp / "deep.json").write_text('{"objects": [{"appearance": "img.png", "target_box": '
+                                   + "[" * depth + "]" * depth + "}]}")
+    (tmp / "tiny_size.json").write_text('{"_size": 1e-300, "objects": [{"appearance": '
+                                        '"img.png", "target_box": [1, 1, 5, 5]}]}')
+    img = str(tmp / "img.png")
+    outs = iter(range(100))
+
+    def io(appearance=img):
+        return ["--appearance", appearance, "--structure", img,
+                "--out", str(tmp / f"hostile{next(outs)}")]
+
+    cases = {
+        "fifo boxes": (io() + ["--boxes", str(tmp / "fifo.json")], ["fifo.json", "FIFO"]),
+        "fifo pairs": (io() + ["--pairs", str(tmp / "fifo.json")], ["fifo.json", "FIFO"]),
+        "fifo image": (io(appearance=str(tmp / "fifo.png")), ["fifo.png", "FIFO"]),
+        "boxes from /dev/zero": (io() + ["--boxes", "/dev/zero"], ["/dev/zero", "device"]),
+        "huge size": (io() + ["--size", "99968"], ["--size", "99968", "4096"]),
+        "unknown device": (io() + ["--device", "nonsense"], ["'device'", "nonsense", "'cpu'"]),
+        "cache dir is a file": (io() + ["--cache-dir", str(tmp / "a_file")],
+                                ["'cache_dir'", "a_file", "not a file"]),
+        "deeply nested pairs": (io() + ["--pairs", str(tmp / "deep.json")],
+                                ["deep.json", "nested too deeply"]),
+        "absurd _size": (io() + ["--pairs", str(tmp / "tiny_size.json")],
+                         ["tiny_size.json", '"_size"', "[8, 65536]"]),
+    }
+    if not _has_cuda():
+        cases["cuda without a gpu"] = (io() + ["--device", "cuda"],
+                                       ["'device'", "no CUDA GPU", "'cpu'"])
+    return cases
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run_all(cases: dict, env: dict, timeout: float = 200) -> dict:
+    def run(name):
+        cmd = [sys.executable, "-m", "e4e_lab", "transfer"] + FAST + cases[name][0]
+        try:
+            return name, subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                                        text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return name, None  # a hang: the test says so
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, cases))
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(models, _offline_env, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    cases = _hostile_cases(tmp)
+    env = dict(os.environ, E4E_LAB_CACHE=str(_offline_env), HF_HUB_OFFLINE="1",
+               HF_HOME=str(_offline_env / "hf-home"), E4E_SAM_CHECKPOINT="",
+               PYTHONWARNINGS="ignore")
+    return cases, _run_all(cases, env)
+
+
+HOSTILE = ["fifo boxes", "fifo pairs", "fifo image", "boxes from /dev/zero", "huge size",
+           "unknown device", "cache dir is a file", "deeply nested pairs", "absurd _size",
+           "cuda without a gpu"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_input_exits_2_with_one_error_line(hostile_runs, name):
+    cases, results = hostile_runs
+    if name not in cases:
+        pytest.skip("this machine has a GPU")
+    proc = results[name]
+    assert proc is not None, f"{name}: the command hung"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    for part in cases[name][1]:
+        assert part in errors[0], f"{part!r} not in {errors[0]!r}"
+
+
+@pytest.mark.slow
+def test_no_op_inputs_run_with_one_warning_line_each(models, _offline_env, tmp_path):
+    """A feature range that no denoising step reaches (3 steps, counters 0, 0, 1 on the
+    published schedule) and a boxes file that names neither image: exit 0, one
+    ``warning:`` line each."""
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "boxes.json").write_text('{"other.png": [1, 1, 30, 30]}')
+    env = dict(os.environ, E4E_LAB_CACHE=str(_offline_env), HF_HUB_OFFLINE="1",
+               HF_HOME=str(_offline_env / "hf-home"), E4E_SAM_CHECKPOINT="")
+    io = ["--appearance", str(tmp_path / "a.png"), "--structure", str(tmp_path / "a.png")]
+    cases = {"range": (io + ["--out", str(tmp_path / "r"), "--steps", "10", "--skip-steps",
+                             "7", "--feat-range", "3", "4", "--adain-range", "0", "10"], []),
+             "boxes": (io + ["--out", str(tmp_path / "b"), "--boxes",
+                             str(tmp_path / "boxes.json"), "--mask", "box"], [])}
+    results = _run_all(cases, env)
+    for name, needle in (("range", "feat_range (3, 4) reaches no denoising step"),
+                         ("boxes", "names none of the images")):
+        proc = results[name]
+        assert proc is not None and proc.returncode == 0, proc and proc.stderr
+        warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+        assert len(warned) == 1 and needle in warned[0], proc.stderr
+
+
+def test_a_size_the_memory_cannot_hold_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    from e4e_lab.cli import main
+    from e4e_lab.models import device
+
+    monkeypatch.setattr(device, "available_bytes", lambda _device: 2**30)
+    code = main(["transfer", "--appearance", "example/chelsea_cat.png", "--structure",
+                 "example/horse_silhouette.png", "--out", str(tmp_path / "o"), "--size", "2048",
+                 "--model", "./never-loaded"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error:") and "'size'" in err[-1]
+    assert "GiB" in err[-1] and "smaller size" in err[-1]
+
+
+def test_help_states_the_accepted_ranges_and_the_warnings():
+    from e4e_lab.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["transfer"]
+    text = " ".join(sub.format_help().split())
+    for part in ("[8, 4096]", "regular file", "up to 4 MiB", "prints a warning",
+                 "cuda:N", "naming neither image"):
+        assert part in text, part

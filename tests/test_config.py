@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from e4e_lab.errors import ConfigError
+from e4e_lab.errors import ConfigError, E4ELabWarning
 from e4e_lab.method.config import INJECTION_MODES, TransferConfig
 
 from conftest import assert_names
@@ -145,3 +146,46 @@ def test_config_from_any_json_constructs_or_raises_config_error(doc):
         TransferConfig.from_dict(doc)
     except ConfigError:
         pass
+
+
+# -------------------------------------------- hostile inputs (issue 15) --
+
+def _quiet(**fields):
+    """The config of ``fields`` and the E4ELabWarning messages its construction gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = TransferConfig(**fields)
+    return cfg, [str(w.message) for w in caught if issubclass(w.category, E4ELabWarning)]
+
+
+def test_the_defaults_and_the_fast_schedule_warn_of_nothing(fast_config):
+    assert _quiet()[1] == [] and _quiet(**fast_config.to_dict())[1] == []
+
+
+def test_a_feature_range_no_step_reaches_warns_through_the_published_lag():
+    # 3 denoising steps: the published counter lags one call (0, 0, 1), exact reads 0, 1, 2
+    short = dict(num_steps=10, skip_steps=7, adain_range=(0, 10))
+    cfg, msgs = _quiet(**short, feat_range=(2, 3))
+    assert cfg.steps()["match"] + cfg.steps()["refresh"] == []
+    assert len(msgs) == 1 and "feat_range (2, 3)" in msgs[0] and "lags one step" in msgs[0]
+    cfg, msgs = _quiet(**short, feat_range=(2, 3), schedule="exact")
+    assert msgs == [] and cfg.steps()["match"] == [2]
+    assert _quiet(**short, feat_range=(3, 4), injection="none")[1] == []  # nothing asked
+
+
+def test_an_adain_range_no_step_reaches_warns_unless_adain_is_off():
+    short = dict(num_steps=10, skip_steps=7, feat_range=(0, 10))
+    cfg, msgs = _quiet(**short, adain_range=(5, 10))
+    assert cfg.steps()["adain"] == []
+    assert len(msgs) == 1 and "adain_range (5, 10)" in msgs[0] and "--no-adain" in msgs[0]
+    assert _quiet(**short, adain_range=(5, 10), adain=False)[1] == []
+    assert _quiet(**short, adain_range=(3, 10))[1] == []  # widened by one: step 2 runs it
+    msgs = _quiet(**short, adain_range=(0, 10), injection="cross-image",
+                  cross_image_adain_start=5)[1]
+    assert len(msgs) == 1 and "cross_image_adain_start 5" in msgs[0]
+
+
+def test_recording_steps_that_do_not_inject_warn():
+    msgs = _quiet(num_steps=20, skip_steps=6, feat_range=(2, 12), adain_range=(10, 20),
+                  record_attention_layers=("*",), record_attention_steps=(3, 13))[1]
+    assert len(msgs) == 1 and "record_attention_steps [13]" in msgs[0]

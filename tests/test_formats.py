@@ -6,7 +6,9 @@ BoxError naming it."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +80,9 @@ def test_boxes_json_that_is_not_text_or_missing_is_refused(tmp_path):
     (tmp_path / "boxes.json").write_bytes(b"\xff\xfe{\x00")
     with pytest.raises(BoxError, match="not UTF-8"):
         read_boxes(tmp_path / "boxes.json")
-    with pytest.raises(BoxError, match="cannot be read"):
+    with pytest.raises(BoxError, match="does not exist"):
         read_boxes(tmp_path / "nowhere.json")
-    with pytest.raises(BoxError, match="cannot be read"):
+    with pytest.raises(BoxError, match="is a folder"):
         read_boxes(tmp_path)  # a folder
 
 
@@ -183,7 +185,7 @@ def test_pairs_json_round_trips_with_paths_relative_to_the_file(tmp_path):
     with pytest.raises(BoxError, match=r"objects\[0\]\.appearance must be a path"):
         read_pairs(path)
     path.write_text(json.dumps({"_size": -1, "objects": [{"appearance": "a.png"}]}))
-    with pytest.raises(BoxError, match='pairs "_size"'):
+    with pytest.raises(BoxError, match='pairs.json\' "_size"'):
         read_pairs(path)
 
 
@@ -276,3 +278,76 @@ def test_any_bytes_as_a_boxes_file_give_a_dict_or_a_box_error(data):
             assert isinstance(read_boxes(path), dict)
         except BoxError:
             pass
+
+
+# -------------------------------------------- hostile inputs (issue 15) --
+
+@pytest.mark.parametrize("reader", [read_boxes, read_pairs])
+def test_a_fifo_is_refused_as_a_json_file_without_reading_it(tmp_path, reader):
+    from conftest import call_with_timeout
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    exc = call_with_timeout(lambda: reader(fifo), fifo)
+    assert isinstance(exc, BoxError) and "pipe.json" in str(exc) and "FIFO" in str(exc)
+
+
+def test_a_device_or_a_huge_json_file_is_refused_before_reading(tmp_path):
+    from e4e_lab.io.files import MAX_JSON_BYTES
+
+    with pytest.raises(BoxError, match="is a device"):
+        read_boxes("/dev/zero")
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(MAX_JSON_BYTES + 1)  # sparse: no time spent writing it
+    with pytest.raises(BoxError) as exc:
+        read_pairs(big)
+    assert_names(exc, "big.json", "MiB limit")
+
+
+@pytest.mark.parametrize("depth", [20, 200_000])
+def test_deeply_nested_json_is_refused_with_a_typed_error(tmp_path, depth):
+    path = tmp_path / "deep.json"
+    path.write_text('{"objects": [{"appearance": "a.png", "target_box": '
+                    + "[" * depth + "]" * depth + "}]}")
+    with pytest.raises(BoxError) as exc:
+        read_pairs(path)
+    assert_names(exc, "deep.json", "nested too deeply")
+
+
+@pytest.mark.parametrize("size", [1e-300, 0.5, 0, 1e6, [64, 1e-9]])
+def test_an_absurd_declared_size_is_refused(size):
+    with pytest.raises(BoxError) as exc:
+        read_boxes({"_size": size, "a.png": [1, 1, 5, 5]}, (64, 64))
+    assert_names(exc, "\"_size\"", "[8, 65536]", repr(size))
+
+
+def test_declared_sizes_at_the_bounds_are_accepted():
+    assert read_boxes({"_size": 8, "a.png": [0, 0, 4, 4]}, (64, 64))["a.png"] == [0, 0, 32, 32]
+    assert read_boxes({"_size": 65536, "a.png": [0, 0, 1024, 1024]}, (64, 64))["a.png"] == \
+        [0, 0, 1, 1]
+
+
+def test_a_boxes_document_naming_none_of_the_images_warns():
+    from e4e_lab.errors import E4ELabWarning
+    from e4e_lab.io.formats import warn_unmatched
+
+    with pytest.warns(E4ELabWarning, match="names none of the images.*'cat.png'.*'other.png'"):
+        warn_unmatched({"other.png": [1, 1, 5, 5]}, ["cat.png", "dog.png"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unmatched({"cat.png": [1, 1, 5, 5]}, ["cat.png", "dog.png"])  # one matches
+        warn_unmatched(None, ["cat.png"])
+
+
+def test_a_pairs_folder_with_a_fifo_is_refused_not_skipped(tmp_path):
+    from conftest import call_with_timeout
+
+    os.mkfifo(tmp_path / "pairs.json")
+    exc = call_with_timeout(lambda: read_pairs_folder(tmp_path), tmp_path / "pairs.json")
+    assert isinstance(exc, BoxError) and "FIFO" in str(exc)
+    (tmp_path / "pairs.json").unlink()
+    (tmp_path / "pairs.json").write_text('[{"appearance": "a.png", "structure": "b.png"}]')
+    os.mkfifo(tmp_path / "boxes.json")  # was silently ignored: not a regular file
+    exc = call_with_timeout(lambda: read_pairs_folder(tmp_path), tmp_path / "boxes.json")
+    assert isinstance(exc, BoxError) and "boxes.json" in str(exc) and "FIFO" in str(exc)

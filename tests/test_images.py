@@ -9,6 +9,7 @@ declares 100000 x 100000 pixels, and so on.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 import zlib
@@ -220,3 +221,57 @@ def test_bad_target_sizes_are_refused():
     for size in (0, -64, (64, 0), (64,), "64", 64.0):
         with pytest.raises(ImageError):
             load_image(img, size)
+
+
+# -------------------------------------------- hostile inputs (issue 15) --
+
+def test_a_fifo_or_a_device_is_refused_as_an_image_without_reading_it(tmp_path):
+    from conftest import call_with_timeout
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for fn in (lambda: load_image(fifo, SMALL), lambda: check_image_file(fifo)):
+        exc = call_with_timeout(fn, fifo)
+        assert isinstance(exc, ImageError) and "pipe.png" in str(exc) and "FIFO" in str(exc)
+    with pytest.raises(ImageError, match="is a device"):
+        load_image("/dev/zero", SMALL)
+
+
+def test_uint8_tensors_are_converted_explicitly(images):
+    as_bytes = (images[0] * 255).round().to(torch.uint8)
+    from_bytes = load_image(as_bytes, SMALL).pixels
+    from_floats = load_image(as_bytes.float() / 255, SMALL).pixels
+    assert torch.equal(from_bytes, from_floats)
+    assert 0.2 < float(from_bytes.mean()) < 0.8  # not the near-white of a 0..255 float
+
+
+@pytest.mark.parametrize("bad, words", [
+    (torch.rand(3, 0, 64), ["empty", "(3, 0, 64)"]),
+    (torch.rand(3, 16, 16) * 255, ["outside [0, 1]", "divide by 255"]),
+    (torch.full((3, 16, 16), float("nan")), ["NaN"]),
+    (torch.rand(3, 16, 16).index_fill_(1, torch.tensor([3]), float("inf")), ["Inf"]),
+    (torch.rand(3, 16, 16) - 0.5, ["outside [0, 1]"]),
+    (torch.rand(4, 16, 16), ["(3, H, W)", "(4, 16, 16)"]),
+    (torch.randint(0, 2, (3, 16, 16)), ["torch.int64", "uint8"]),
+    (np.full((16, 16, 3), np.nan, np.float32), ["NaN"]),
+    (np.random.default_rng(0).uniform(0, 255, (16, 16, 3)), ["outside [0, 1]"]),
+])
+def test_image_tensors_and_arrays_outside_the_stated_ranges_are_refused(bad, words):
+    with pytest.raises(ImageError) as exc:
+        load_image(bad, SMALL, name="photo")
+    assert_names(exc, "photo", *words)
+
+
+def test_float_pixels_may_overshoot_by_rounding_only():
+    img = torch.rand(3, 16, 16)
+    img[0, 0, 0], img[1, 0, 0] = 1.0005, -0.0005  # resampling ringing: clamped
+    assert load_image(img, SMALL).pixels.max() <= 1
+
+
+def test_a_target_size_over_the_limit_is_refused_before_allocating():
+    from e4e_lab.method.config import MAX_SIZE
+
+    t0 = time.perf_counter()
+    with pytest.raises(ImageError, match=str(MAX_SIZE)):
+        load_image(np.zeros((4, 4, 3), np.uint8), 99968)
+    assert time.perf_counter() - t0 < 1

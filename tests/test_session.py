@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -225,3 +226,131 @@ def test_a_busy_model_is_refused_at_once_or_waited_for(lab, build_pair, fast_con
         worker.join(30)
     blocker.join(60)
     assert len(waited) == 1
+
+
+# -------------------------------------------- hostile inputs (issue 15) --
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(device="nonsense"), ["'device'", "nonsense", "'cpu'"]),
+    (dict(device="cuda:99"), ["'device'", "cuda:99"]),
+    (dict(device=3), ["'device'", "'cpu'"]),
+    (dict(dtype="int8"), ["'dtype'", "int8", "'float16'"]),
+    (dict(dtype=torch.float64), ["'dtype'", "float64"]),
+])
+def test_bad_devices_and_dtypes_are_typed_errors_before_loading(models, kwargs, words):
+    from e4e_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        Lab(models=models, **kwargs)
+    assert_names(exc, *words)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_typed_error(models):
+    from e4e_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        Lab(models=models, device="cuda")
+    assert_names(exc, "'device'", "no CUDA GPU", "'cpu'")
+
+
+@pytest.mark.parametrize("name, dtype", [("float16", torch.float16), ("fp32", torch.float32),
+                                         ("bfloat16", torch.bfloat16)])
+def test_dtype_names_are_converted_explicitly(name, dtype):
+    from e4e_lab.models.device import resolve_dtype
+
+    assert resolve_dtype(name) is dtype and resolve_dtype(dtype) is dtype
+
+
+def test_dtype_given_as_a_string_reaches_the_model(tmp_path):
+    lab = Lab(model="tiny", device="cpu", dtype="bfloat16", cache_dir=tmp_path / "c")
+    assert lab.models.dtype is torch.bfloat16
+
+
+def test_a_cache_dir_that_is_a_file_is_a_typed_error(models, tmp_path):
+    from e4e_lab.errors import ConfigError
+
+    (tmp_path / "cache").write_text("a file")
+    with pytest.raises(ConfigError) as exc:
+        Lab(models=models, cache_dir=tmp_path / "cache")
+    assert_names(exc, "'cache_dir'", "not a file")
+
+
+@pytest.mark.parametrize("bad, words", [
+    (torch.rand(3, 0, 64), ["empty"]),
+    ((torch.rand(3, 64, 64) * 255).round(), ["outside [0, 1]", "255"]),
+    (torch.full((3, 64, 64), float("nan")), ["NaN"]),
+    (np.full((64, 64, 3), np.nan), ["NaN"]),
+    (torch.rand(1, 64, 64), ["(3, H, W)"]),
+])
+@pytest.mark.parametrize("role", ["appearance", "structure"])
+def test_pair_refuses_bad_image_tensors_naming_the_argument(lab, images, bad, words, role):
+    from e4e_lab.errors import ImageError
+
+    args = {"appearance": images[0], "structure": images[1], role: bad}
+    with pytest.raises(ImageError) as exc:
+        lab.pair(**args, size=SMALL, mask="none")
+    assert_names(exc, f"'{role}'", *words)
+
+
+def test_pair_accepts_a_uint8_tensor_as_0_to_255(lab, images):
+    as_bytes = (images[0] * 255).round().to(torch.uint8)
+    pair = lab.pair(as_bytes, images[1], size=SMALL, mask="none")
+    ref = lab.pair(as_bytes.float() / 255, images[1], size=SMALL, mask="none")
+    assert torch.equal(pair.appearance.pixels, ref.appearance.pixels)
+
+
+def test_a_boxes_file_naming_neither_image_warns(lab, tmp_path, images):
+    from e4e_lab.errors import E4ELabWarning
+
+    for name, img in (("cat.png", images[0]), ("horse.png", images[1])):
+        Image.fromarray((img * 255).round().byte().permute(1, 2, 0).numpy()).save(tmp_path / name)
+    (tmp_path / "boxes.json").write_text(json.dumps({"kitten.png": [1, 1, 40, 40]}))
+    with pytest.warns(E4ELabWarning, match="'cat.png', 'horse.png'.*'kitten.png'"):
+        pair = lab.pair(tmp_path / "cat.png", tmp_path / "horse.png",
+                        boxes=tmp_path / "boxes.json", size=SMALL, mask="box")
+    assert pair.appearance_mask.all() and pair.structure_box is None
+
+
+def test_a_size_the_memory_cannot_hold_is_refused_before_loading(lab, images, monkeypatch):
+    from e4e_lab.errors import ConfigError
+    from e4e_lab.models import device
+
+    monkeypatch.setattr(device, "available_bytes", lambda _device: 2**20)
+    with pytest.raises(ConfigError) as exc:
+        lab.pair(images[0], images[1], size=SMALL, mask="none")
+    assert_names(exc, "'size'", "GiB", "smaller size")
+
+
+def test_unknown_attention_layers_warn_once_the_layers_are_known(shared_lab, build_pair,
+                                                                  fast_config):
+    from e4e_lab.errors import E4ELabWarning
+
+    cfg = fast_config.replace(record_attention_layers=("up_blocks.9.nothing",),
+                              record_attention_steps=(3,))
+    with pytest.warns(E4ELabWarning, match="up_blocks.9.nothing.*use '\\*'"):
+        result = shared_lab.transfer(build_pair(shared_lab), cfg)
+    assert result.recorder.attention == {}
+
+
+def test_the_recorder_checks_layer_names_after_the_first_injecting_step():
+    from e4e_lab.errors import E4ELabWarning
+    from e4e_lab.method.recording import RunRecorder
+
+    layers = ["up_blocks.1.a.attn1.processor", "up_blocks.2.b.attn1.processor"]
+    for asked, warns in (((layers[0], "*"), False), (("nope",), True)):
+        rec = RunRecorder(attention_layers=asked)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in (4, 4, 5, 5, 6, 6):  # every layer calls at each injecting step
+                rec.on_injection(layers[step % 2], step, "match")
+                rec.on_injection(layers[1 - step % 2], step, "match")
+        assert [issubclass(w.category, E4ELabWarning) for w in caught] == ([True] if warns else [])
+
+
+def test_a_size_over_the_hard_limit_is_refused_by_the_session(lab, images):
+    from e4e_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:  # 99968 is a multiple of 64: only the limit stops it
+        lab.load_image(images[0], 99968)
+    assert_names(exc, "'size'", "99968", "4096")

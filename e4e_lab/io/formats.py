@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import BoxError, ConfigError
+from ..errors import BoxError, ConfigError, E4ELabWarning
+from .files import read_json as _read_json
+from .files import write_json as _write_json
 
 Box = tuple[int, int, int, int]
 Size = tuple[int, int]  # (width, height)
+#: Bounds of a document's ``"_size"`` (pixels): beyond them the boxes would be rescaled
+#: by absurd factors.
+MIN_DECLARED_SIZE, MAX_DECLARED_SIZE = 8, 65536
 
 
 class MaskMode(enum.StrEnum):
@@ -107,13 +112,15 @@ def declared_size(value, what: str = "boxes") -> Size | None:
     """A document's ``"_size"`` (a number or [width, height]) as (width, height), or None."""
     if value is None:
         return None
+    given = value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value, value)
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and 0 < v < 1e9 for v in value)):
-        raise BoxError(f'{what} "_size" must be a positive number or [width, height], '
-                       f"got {value!r}")
+                       and MIN_DECLARED_SIZE <= v <= MAX_DECLARED_SIZE for v in value)):
+        raise BoxError(f'{what} "_size" must be the resolution the boxes were drawn at, a '
+                       f"number of pixels in [{MIN_DECLARED_SIZE}, {MAX_DECLARED_SIZE}] or "
+                       f"[width, height], got {given!r}")
     return value[0], value[1]
 
 
@@ -144,30 +151,21 @@ def lookup_box(boxes: dict, image_name: str) -> list[float] | None:
     return stems.get(Path(base).stem)
 
 
+def warn_unmatched(boxes: dict | None, names: Sequence[str]) -> None:
+    """Warn (:class:`~e4e_lab.errors.E4ELabWarning`) when a boxes document names none of
+    the images ``names`` that look a box up in it: each then gets a whole-image mask."""
+    names = list(dict.fromkeys(names))
+    if not boxes or not names or any(lookup_box(boxes, n) is not None for n in names):
+        return
+    keys = [k for k in boxes if not str(k).startswith("_")]
+    shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+    warnings.warn(f"the boxes file names none of the images ({', '.join(map(repr, names))}; "
+                  f"its entries: {shown or 'none'}): whole-image masks are used. Name each "
+                  "image by its file name or stem in the boxes file", E4ELabWarning,
+                  stacklevel=3)
+
+
 # ------------------------------------------------------------- JSON files --
-
-def _read_json(path: Path, what: str):
-    """A small JSON file parsed as data, with a :class:`BoxError` naming ``what``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BoxError(f"{what} '{path}' is not UTF-8 text ({exc.reason} at byte "
-                       f"{exc.start}): give a JSON file") from None
-    except OSError as exc:
-        raise BoxError(f"{what} '{path}' cannot be read: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BoxError(f"{what} '{path}' is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise BoxError(f"{what} '{path}' is nested too deeply to be a {what}") from None
-
-
-def _write_json(path: Path, data) -> None:
-    from .cache import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2))
-
 
 def _size_entry(size: int | Sequence[int]):
     """How a document records its resolution: one number for a square, else [w, h]."""
@@ -185,16 +183,17 @@ def read_boxes(source: str | os.PathLike | dict, size: Size | None = None) -> di
     they are) and keys starting with ``_`` are dropped; without ``size`` the document is
     returned as it is, for a later call with the model's size.
     """
+    what = "boxes"
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
-        source = _read_json(p, "boxes file")
+        what, source = f"boxes file '{p}'", _read_json(p, "boxes file")
         if not isinstance(source, dict):
             raise BoxError(f"boxes file '{p}' must hold an object "
                            '{"file name": [x0, y0, x1, y1]}')
     if not isinstance(source, dict):
         raise BoxError(f'boxes must be an object {{"file name": [x0, y0, x1, y1]}}, '
                        f"got a {type(source).__name__}")
-    drawn_at = declared_size(source.get("_size"))
+    drawn_at = declared_size(source.get("_size"), what)
     if size is None:
         return dict(source)
     return {k: rescale_box(v, drawn_at, size) for k, v in source.items()
@@ -276,7 +275,7 @@ def read_pairs(source: str | os.PathLike | dict | list, folder: str | os.PathLik
         raise BoxError(f'{where} must be an object {{"_size": 512, "objects": '
                        '[{"target_box": [...], "appearance": PATH, "appearance_box": '
                        "[...]}, ...]} with at least one object")
-    drawn_at = declared_size(data.get("_size"), "pairs")
+    drawn_at = declared_size(data.get("_size"), where)
     specs = []
     for n, obj in enumerate(objects):
         spec = ObjectSpec.from_dict(obj, f"{where}: objects[{n}]", drawn_at)
@@ -335,7 +334,7 @@ def read_pairs_folder(folder: str | os.PathLike) -> tuple[list[PairSpec], dict |
     ``boxes.json`` as :func:`read_boxes` returns it (None without one)."""
     folder = Path(folder)
     spec = folder / "pairs.json"
-    if not spec.is_file():
+    if not spec.exists():  # a folder or a FIFO named pairs.json: read_json says which
         raise BoxError(f"pairs folder '{folder}' has no pairs.json file "
                        '([{"name", "appearance", "structure", "domain"}], see example/)')
     data = _read_json(spec, "pairs file")
@@ -349,5 +348,5 @@ def read_pairs_folder(folder: str | os.PathLike) -> tuple[list[PairSpec], dict |
                            f'"appearance" and "structure" paths, got {p!r}')
         pairs.append(PairSpec(str(p.get("name", f"pair{n}")), folder / p["appearance"],
                               folder / p["structure"], str(p.get("domain", "object"))))
-    boxes = read_boxes(folder / "boxes.json") if (folder / "boxes.json").is_file() else None
+    boxes = read_boxes(folder / "boxes.json") if (folder / "boxes.json").exists() else None
     return pairs, boxes

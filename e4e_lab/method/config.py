@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, E4ELabWarning
 
 INJECTION_MODES = ("feature", "v", "kv", "cross-image", "none")
 CORRESPONDENCE_SOURCES = ("match", "dift")
@@ -40,6 +41,9 @@ MASK_RESIZE_MODES = ("reference", "area")
 SCHEDULES = ("published", "exact")
 #: Largest scheduler step count (and bound of the step thresholds).
 MAX_STEPS = 1000
+#: Largest model resolution (image side, pixels) accepted anywhere; what a device can
+#: hold is checked separately (:func:`e4e_lab.models.device.check_fits`).
+MAX_SIZE = 4096
 
 Injection = Literal["feature", "v", "kv", "cross-image", "none"]
 
@@ -174,6 +178,8 @@ class TransferConfig:
         if not all(_is_int(s) and 0 <= s <= self.num_steps for s in steps):
             raise ConfigError("record_attention_steps", steps,
                               f"a list of step indices, integers in [0, {self.num_steps}]")
+        for message in self.unreached():
+            warnings.warn(message, E4ELabWarning, stacklevel=3)  # where it was constructed
 
     # -- derived views -------------------------------------------------------
     @property
@@ -223,6 +229,36 @@ class TransferConfig:
         if self.schedule == "published":
             start, end = start - 1, end + 1
         return start <= i < end
+
+    def unreached(self) -> list[str]:
+        """What the config asks for but no denoising step of its schedule does: the
+        feature range (when injecting) and the AdaIN range (when AdaIN is on), read
+        through :meth:`counter` (the published schedule's one-step lag included).
+        Constructing such a config warns (:class:`~e4e_lab.errors.E4ELabWarning`)."""
+        n, out = self.denoising_steps, []
+        lead = f"the {n} denoising steps ({self.num_steps} steps, {self.skip_steps} skipped)"
+        published = self.schedule == "published"
+        if self.injection != "none" and not any(self.injects_at(i) for i in range(n)):
+            out.append(f"feat_range {self.feat_range} reaches no denoising step: {lead} see "
+                       f"step counters {self.counter(0)}..{self.counter(n - 1)}"
+                       + (" (the published schedule lags one step)" if published else "")
+                       + ", so nothing is injected; move the range onto them (or use "
+                       "injection 'none' to turn injection off)")
+        if self.adain and not any(self.adain_at(i) for i in range(n)):
+            cross = self.injection == "cross-image"
+            name = "cross_image_adain_start" if cross else "adain_range"
+            out.append(f"{name} {getattr(self, name)} reaches no denoising step: {lead} are "
+                       f"numbered 0..{n - 1}"
+                       + (" (the published schedule widens the AdaIN range by one at each "
+                          "end)" if published and not cross else "")
+                       + ", so AdaIN never runs; move it onto them (or turn AdaIN off, "
+                       "adain=False / --no-adain)")
+        idle = [s for s in self.record_attention_steps if s >= n or not self.injects_at(s)]
+        if self.record_attention_layers and idle:
+            out.append(f"record_attention_steps {idle} are not injecting steps of {lead}, and "
+                       "attention is recorded only where it is injected: pick steps from "
+                       f"{self.steps()['match'] + self.steps()['refresh']}")
+        return out
 
     def steps(self) -> dict[str, list[int]]:
         """The denoising steps of each kind of work: ``match`` (matched injection),

@@ -23,7 +23,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from .config import FIT_MODES, RESAMPLE_MODES
+from ..io.files import require_regular_file
+from .config import FIT_MODES, MAX_SIZE, RESAMPLE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,7 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 def open_image(path: Path) -> Image.Image:
     """Open and decode an image file, refusing missing, empty, damaged and bomb-sized
     files with an :class:`ImageError` that names the file."""
-    if not path.exists():
-        raise ImageError(f"image '{path}' does not exist: check the path")
-    if path.is_dir():
-        raise ImageError(f"image '{path}' is a folder, not an image file")
-    if path.stat().st_size == 0:
+    if require_regular_file(path, "image", ImageError).st_size == 0:
         raise ImageError(f"image '{path}' is an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
@@ -177,8 +174,10 @@ def fit_image(img: Image.Image, size: int | tuple[int, int], fit: str = "stretch
                          f"{', '.join(RESAMPLE_MODES)}")
     wh = (size, size) if isinstance(size, (int, np.integer)) else size
     if not (isinstance(wh, (tuple, list)) and len(wh) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in wh)):
-        raise ImageError(f"target size {size!r} must be a positive integer or (width, height)")
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE
+            for v in wh)):
+        raise ImageError(f"target size {size!r} must be a positive integer up to {MAX_SIZE} "
+                         "or (width, height)")
     tw, th = int(wh[0]), int(wh[1])
     w, h = img.size
     resample = _FILTERS[resample]
@@ -212,10 +211,7 @@ def load_image(source: ImageLike, size: int | tuple[int, int] = 512, fit: str = 
     elif isinstance(source, np.ndarray):
         img = _array_to_pil(source, name or "array")
     elif isinstance(source, torch.Tensor):
-        if source.ndim != 3 or source.shape[0] != 3:
-            raise ImageError(f"image tensor '{name or 'tensor'}' must be (3, H, W) in [0, 1], "
-                             f"got shape {tuple(source.shape)}")
-        img = Image.fromarray(to_uint8(source))
+        img = Image.fromarray(to_uint8(_tensor_pixels(source, name or "tensor")))
     else:
         raise ImageError(f"cannot load an image from a {type(source).__name__}: give a path, "
                          "a PIL image, a numpy array or a (3, H, W) tensor")
@@ -237,11 +233,59 @@ def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
     _check_dimensions((arr.shape[1], arr.shape[0]), name)
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating):
-            arr = np.clip(np.nan_to_num(arr) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            _check_unit_range(arr, f"image array '{name}'")
+            arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
         elif arr.dtype == np.uint16:
             arr = (arr // 257).astype(np.uint8)
         else:
-            raise ImageError(f"image array '{name}' has dtype {arr.dtype}: use uint8, "
-                             "uint16 or float in [0, 1]")
+            raise ImageError(f"image array '{name}' has dtype {arr.dtype}: use uint8 "
+                             "(0..255), uint16 (0..65535) or float in [0, 1]")
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     return Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+
+
+#: Float pixels may overshoot [0, 1] by this much (resampling ringing) and are clamped.
+RANGE_TOLERANCE = 1e-3
+
+
+def _check_unit_range(values, what: str) -> None:
+    """Refuse NaN/Inf and float pixels outside [0, 1] (a 0..255 image would turn white)."""
+    t = torch.as_tensor(values)
+    if not bool(torch.isfinite(t).all()):
+        raise ImageError(f"{what} holds NaN or Inf values: give finite pixels in [0, 1]")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        hint = (" (it looks like 0..255: divide by 255, or pass uint8)" if hi <= 255 and lo >= 0
+                else "")
+        raise ImageError(f"{what} has float values in [{lo:.4g}, {hi:.4g}], outside [0, 1]"
+                         f"{hint}")
+
+
+def _tensor_pixels(source: torch.Tensor, name: str) -> torch.Tensor:
+    """A (3, H, W) image tensor as float in [0, 1]: uint8 is divided by 255, floats must
+    already be in [0, 1]; empty, NaN/Inf and other dtypes are refused."""
+    what = f"image tensor '{name}'"
+    if source.ndim != 3 or source.shape[0] != 3:
+        raise ImageError(f"{what} must be (3, H, W): 3 colour channels first, got shape "
+                         f"{tuple(source.shape)}")
+    if 0 in source.shape:
+        raise ImageError(f"{what} is empty (shape {tuple(source.shape)}): give an image "
+                         "with at least one pixel")
+    _check_dimensions((int(source.shape[2]), int(source.shape[1])), name)
+    if source.dtype == torch.uint8:
+        return source.float() / 255.0
+    if not source.dtype.is_floating_point:
+        raise ImageError(f"{what} has dtype {source.dtype}: use float in [0, 1] or uint8 "
+                         "(0..255)")
+    _check_unit_range(source.detach(), what)
+    return source
+
+
+def check_image_source(source, argument: str) -> None:
+    """Validate an in-memory image (array or tensor) given as ``argument`` before any
+    work, so the error names the argument; paths, PIL and loaded images pass through
+    (they are checked when loaded)."""
+    if isinstance(source, torch.Tensor):
+        _tensor_pixels(source, argument)
+    elif isinstance(source, np.ndarray):
+        _array_to_pil(source, argument)

@@ -6,11 +6,13 @@ the result. :class:`RunRecorder` keeps what the config asked for.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from ..errors import E4ELabWarning
 from .config import TransferConfig
 from .correspondence import CorrespondenceField
 
@@ -45,6 +47,9 @@ class RunRecorder:
     matches: dict[tuple[str, int], CorrespondenceField] = field(default_factory=dict)
     attention: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict)
     grids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # layers seen at the first injecting step, until the names asked for are checked
+    _seen: tuple[int | None, set[str]] = field(default_factory=lambda: (None, set()), init=False,
+                                               repr=False, compare=False)
 
     @classmethod
     def from_config(cls, config: TransferConfig) -> "RunRecorder":
@@ -57,6 +62,25 @@ class RunRecorder:
 
     def on_injection(self, layer: str, step: int, kind: str) -> None:
         self.calls.append((layer, step, kind))
+        first, seen = self._seen
+        if first is None or first == step:  # every injected layer calls at each step
+            self._seen = (step, seen | {layer})
+        elif seen:  # a second step began: the first one has named every layer
+            self._seen = (first, set())
+            self.check_layers(seen)
+
+    def check_layers(self, known) -> list[str]:
+        """Warn (:class:`~e4e_lab.errors.E4ELabWarning`) about ``attention_layers`` that
+        are none of the ``known`` processor names (they would record nothing); returns
+        them. Called by the recorder itself once the first injecting step is over."""
+        known = set(known)
+        unknown = [n for n in self.attention_layers if n != "*" and n not in known]
+        if unknown:
+            sample = ", ".join(sorted(known)[:3]) + (", ..." if len(known) > 3 else "")
+            warnings.warn(f"record_attention_layers names {unknown} that are not injected "
+                          f"attention layers of this model, so nothing is recorded for them; "
+                          f"use '*' or names such as {sample}", E4ELabWarning, stacklevel=2)
+        return unknown
 
     def on_matches(self, layer: str, step: int, field: CorrespondenceField) -> None:
         self.grids[layer] = field.target_shape
