@@ -308,9 +308,10 @@ def _evaluate(args) -> int:
     from .evaluation.evaluate import run_distributed
     from .session import Lab
 
-    base = TransferConfig(num_steps=args.steps, skip_steps=args.skip_steps,
-                          guidance=args.guidance, feat_range=tuple(args.feat_range),
-                          adain_range=tuple(args.adain_range), seed=args.seed)
+    with _warning_lines():  # ranges that no denoising step reaches
+        base = TransferConfig(num_steps=args.steps, skip_steps=args.skip_steps,
+                              guidance=args.guidance, feat_range=tuple(args.feat_range),
+                              adain_range=tuple(args.adain_range), seed=args.seed)
     dtype = getattr(torch, args.dtype) if args.dtype else None
 
     def make_lab(_index: int):  # the same session on every process

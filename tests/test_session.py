@@ -333,18 +333,22 @@ def test_unknown_attention_layers_warn_once_the_layers_are_known(shared_lab, bui
     assert result.recorder.attention == {}
 
 
-def test_the_recorder_checks_layer_names_after_the_first_injecting_step():
+def test_the_recorder_checks_layer_names_when_the_layers_are_installed():
     from e4e_lab.errors import E4ELabWarning
     from e4e_lab.method.recording import RunRecorder
+    from e4e_lab.method.regions import InjectionState, RegionPair
 
     layers = ["up_blocks.1.a.attn1.processor", "up_blocks.2.b.attn1.processor"]
     for asked, warns in (((layers[0], "*"), False), (("nope",), True)):
         rec = RunRecorder(attention_layers=asked)
+        from e4e_lab import TransferConfig
+
+        state = InjectionState(TransferConfig(), (4, 4),
+                               [RegionPair(torch.ones(4, 4), torch.ones(4, 4))], "cpu",
+                               recorder=rec)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for step in (4, 4, 5, 5, 6, 6):  # every layer calls at each injecting step
-                rec.on_injection(layers[step % 2], step, "match")
-                rec.on_injection(layers[1 - step % 2], step, "match")
+            state.set_layers(layers)  # what the `injection` manager does before step 0
         assert [issubclass(w.category, E4ELabWarning) for w in caught] == ([True] if warns else [])
 
 

@@ -267,7 +267,7 @@ class injection:
 
     def __enter__(self) -> list[str]:
         self._saved = dict(self.unet.attn_processors)
-        self.state.layers = list(self.layers)
+        self.state.set_layers(self.layers)
         procs = dict(self._saved)
         for name in self.layers:
             procs[name] = make_processor(name, self.state)

@@ -47,9 +47,6 @@ class RunRecorder:
     matches: dict[tuple[str, int], CorrespondenceField] = field(default_factory=dict)
     attention: dict[tuple[str, int], dict[str, torch.Tensor]] = field(default_factory=dict)
     grids: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # layers seen at the first injecting step, until the names asked for are checked
-    _seen: tuple[int | None, set[str]] = field(default_factory=lambda: (None, set()), init=False,
-                                               repr=False, compare=False)
 
     @classmethod
     def from_config(cls, config: TransferConfig) -> "RunRecorder":
@@ -62,17 +59,11 @@ class RunRecorder:
 
     def on_injection(self, layer: str, step: int, kind: str) -> None:
         self.calls.append((layer, step, kind))
-        first, seen = self._seen
-        if first is None or first == step:  # every injected layer calls at each step
-            self._seen = (step, seen | {layer})
-        elif seen:  # a second step began: the first one has named every layer
-            self._seen = (first, set())
-            self.check_layers(seen)
 
     def check_layers(self, known) -> list[str]:
         """Warn (:class:`~e4e_lab.errors.E4ELabWarning`) about ``attention_layers`` that
         are none of the ``known`` processor names (they would record nothing); returns
-        them. Called by the recorder itself once the first injecting step is over."""
+        them. Called when the injected layers are installed, before the first step."""
         known = set(known)
         unknown = [n for n in self.attention_layers if n != "*" and n not in known]
         if unknown:

@@ -76,6 +76,14 @@ class InjectionState:
         self.attention_now = frozenset(
             name for name in self.layers if rec is not None and rec.wants_attention(name, step))
 
+    def set_layers(self, layers) -> None:
+        """The injected layers' processor names (from the ``injection`` manager); a
+        recorder that can check the layer names it was asked for checks them now."""
+        self.layers = list(layers)
+        check = getattr(self.recorder, "check_layers", None)
+        if check is not None:
+            check(self.layers)
+
     def note(self, hook: str, layer: str, *payload) -> None:
         """Called by the processors for the recorder (``hook`` is ``injection``,
         ``matches`` or ``attention``): kept in order and passed on by :meth:`end_step`
