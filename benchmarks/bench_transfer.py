@@ -32,12 +32,11 @@ extrapolates its denoising time as the sum over the whole schedule of the mean t
 each step's kind. Such figures are printed with ``EXTRAPOLATED``. Its inversion and
 decoding are always measured whole.
 
-``--compile`` compiles ``models.pipe.unet`` in place (``torch.compile``) before a
-whole-schedule warm-up, then reports how many graphs dynamo compiled during the
-measured run and re-run. The injection processors read the Python step state, so the
-warm-up recompiles as it changes across steps (7 graphs in all with the tiny model on
-a CPU); the processors are installed anew for every run, which on our CPU compiled
-nothing more. Should the measured runs compile anything, their times include
+``--compile`` compiles the UNet in place (``Models.compile_unet``, the library's
+``--compile``) before a whole-schedule warm-up, then reports how many graphs dynamo
+compiled during the measured run and re-run. The processors decide per step outside
+the UNet, so the warm-up compiles one graph per batch shape and kind of step (plain,
+match, refresh), not one per step. Should the measured runs compile anything, their times include
 compilation (or dynamo's eager fallback): they are then flagged ``NOT A COMPILED
 FIGURE`` and no target line is printed.
 The model is ``tiny`` (the offline test model) or ``sd15-random`` (Stable Diffusion
@@ -403,7 +402,7 @@ def measure_ours(args, models, pair, config: TransferConfig) -> tuple[dict, Peak
     """Warm-up, then the measured run and re-run of ours (compiled with ``--compile``)."""
     steps = config.denoising_steps
     if args.compile:  # the warm-up is the whole schedule: it compiles every graph
-        models.pipe.unet.compile()
+        models.compile_unet()
         warm = config
     else:
         warm = bench_config(4, 1, args.injection, args.guidance, not args.no_freeu)
