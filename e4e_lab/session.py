@@ -318,14 +318,10 @@ class Lab:
 
     # -------------------------------------------------------------- stage 4 --
     def dift_field(self, pair: Pair, config: TransferConfig) -> CorrespondenceField:
-        from .models.dift import dift_field
+        from .models.dift import DiftSettings, dift_field
 
-        with self.models.in_use():
-            return dift_field(self.models, pair.structure, pair.appearance,
-                              pair.structure_mask, pair.appearance_mask,
-                              timestep=config.dift_timestep, block=config.dift_block,
-                              ensemble=config.dift_ensemble, prompt=config.inversion.prompt,
-                              seed=config.seed)
+        return dift_field(self.models, pair.structure, pair.appearance, pair.structure_mask,
+                          pair.appearance_mask, DiftSettings.from_config(config))
 
     def transfer(self, pair: Pair, config: TransferConfig,
                  callback: Callable[[StepEvent], None] | None = None, cancel=None,

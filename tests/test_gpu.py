@@ -75,10 +75,10 @@ def test_inversion_round_trip_fp32_on_cuda(cuda_models_fp32, images, fast_config
 
 
 def test_dift_field_on_cuda(cuda_models, images):
-    from e4e_lab.models.dift import dift_field
+    from e4e_lab.models.dift import DiftSettings, dift_field
 
     target, reference = (load_image(im, SMALL, name=f"im{i}") for i, im in enumerate(images))
-    fld = dift_field(cuda_models, target, reference, ensemble=2)
+    fld = dift_field(cuda_models, target, reference, settings=DiftSettings(ensemble=2))
     assert fld.index.shape == fld.score.shape and fld.index.numel() > 0
     assert (fld.index >= 0).all() and torch.isfinite(fld.score).all()
 

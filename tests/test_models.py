@@ -166,6 +166,36 @@ def test_dift_stops_after_the_requested_block(models, images):
         dift_features(models, img, block=9)
 
 
+def test_every_dift_user_gets_the_same_features_from_one_function(lab, build_pair, fast_config,
+                                                                 monkeypatch):
+    """Lab.dift_field (the transfer's), the part finder and the explorer's lookup all go
+    through ``pair_dift_features`` with the config's settings, holding the model lock."""
+    from e4e_lab.analysis.lookup import FeatureLookup
+    from e4e_lab.analysis.parts import pair_features
+    from e4e_lab.models import dift
+
+    pair = build_pair(lab, boxes=True)
+    cfg = fast_config.replace(dift_ensemble=2)
+    calls, real = [], dift.pair_dift_features
+
+    def spy(models, target, reference, settings, *args):
+        calls.append((settings, models.lock._is_owned()))
+        return real(models, target, reference, settings, *args)
+
+    monkeypatch.setattr(dift, "pair_dift_features", spy)
+    field = lab.dift_field(pair, cfg)
+    parts = pair_features(lab, pair, cfg, ensemble=2)
+    s = dift.DiftSettings.from_config(cfg)
+    lookup = FeatureLookup.from_dift(lab.models, pair.structure, pair.appearance,
+                                     pair.structure_mask, pair.appearance_mask, s.timestep,
+                                     s.block, s.ensemble, s.prompt, s.seed)
+    assert [c[0] for c in calls] == [s] * 3
+    assert torch.equal(field.index, parts.field.index)
+    assert lookup.settings == {"timestep": s.timestep, "block": s.block, "ensemble": 2,
+                               "prompt": s.prompt, "seed": s.seed}
+    assert torch.equal(lookup.match_field().index, field.index)
+
+
 def test_sam_hq_random_box_to_mask(images):
     pytest.importorskip("segment_anything_hq")
     from e4e_lab.models.sam import SamMasker

@@ -7,7 +7,7 @@ features, or the hidden states a transfer matched), so that a click costs one pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -75,16 +75,14 @@ class FeatureLookup:
         With ``blocking=False`` a transfer running in another thread makes this raise
         :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting for the UNet.
         """
-        from ..models.dift import dift_features
+        from ..models.dift import DiftSettings, pair_dift_features
 
-        with models.in_use(blocking, "compute features"):
-            ft = dift_features(models, target, timestep, block, ensemble, prompt, seed)
-            fr = dift_features(models, ref, timestep, block, ensemble, prompt, seed)
+        settings = DiftSettings(timestep, block, ensemble, prompt, seed)
+        ft, fr = pair_dift_features(models, target, ref, settings, blocking, "compute features")
         lookup = cls.from_features(ft.features, fr.features, target_mask, ref_mask,
                                    source=f"DIFT block {block}, t={timestep}, "
                                    f"ensemble {ensemble}")
-        lookup.settings = {"block": block, "timestep": timestep, "ensemble": ensemble,
-                           "prompt": prompt, "seed": seed}
+        lookup.settings = asdict(settings)
         return lookup
 
     @property

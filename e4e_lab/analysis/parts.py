@@ -131,13 +131,12 @@ def pair_features(lab, pair, config, ensemble: int | None = None,
     The UNet is shared with transfers running in other threads: with ``blocking=False``
     a busy model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
     """
-    from ..models.dift import dift_features
+    from ..models.dift import DiftSettings, pair_dift_features
 
     ens = min(config.dift_ensemble, ENSEMBLE_CAP) if ensemble is None else ensemble
-    with lab.models.in_use(blocking, "find parts"):
-        ft, fr = (dift_features(lab.models, image, config.dift_timestep, config.dift_block,
-                                ens, config.inversion.prompt, config.seed).features
-                  for image in (pair.structure, pair.appearance))
+    ft, fr = (f.features for f in pair_dift_features(
+        lab.models, pair.structure, pair.appearance, DiftSettings.from_config(config, ens),
+        blocking, "find parts"))
     field = CorrespondenceField.from_features(ft, fr, pair.structure_mask, pair.appearance_mask)
     return PairFeatures(ft, fr, field, pair.structure_mask, pair.appearance_mask, ens)
 

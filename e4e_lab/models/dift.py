@@ -87,11 +87,46 @@ def dift_features(models: Models, image: LoadedImage, timestep: int = 261, block
     return DiftFeatures((total / ensemble).cpu(), timestep, block, ensemble)
 
 
+@dataclass(frozen=True)
+class DiftSettings:
+    """How DIFT features are made: timestep, up-block, ensemble draws, prompt, seed."""
+
+    timestep: int = 261
+    block: int = 1
+    ensemble: int = 8
+    prompt: str = ""
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config, ensemble: int | None = None) -> "DiftSettings":
+        """The settings of a :class:`~e4e_lab.method.config.TransferConfig` (its
+        ``dift_*`` fields, the inversion prompt and the seed); ``ensemble`` overrides."""
+        return cls(config.dift_timestep, config.dift_block,
+                   config.dift_ensemble if ensemble is None else ensemble,
+                   config.inversion.prompt, config.seed)
+
+
+def pair_dift_features(models: Models, target: LoadedImage, reference: LoadedImage,
+                       settings: DiftSettings = DiftSettings(), blocking: bool = True,
+                       action: str = "compute DIFT features"
+                       ) -> tuple[DiftFeatures, DiftFeatures]:
+    """DIFT features of both images of a pair: the one way every caller (transfer, part
+    discovery, the explorer) computes them.
+
+    The UNet is held for both images (:meth:`Models.in_use`): a transfer running in
+    another thread has its processors installed on it. With ``blocking=False`` a busy
+    model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
+    """
+    s = settings
+    with models.in_use(blocking, action):
+        return tuple(dift_features(models, image, s.timestep, s.block, s.ensemble, s.prompt,
+                                   s.seed) for image in (target, reference))
+
+
 def dift_field(models: Models, target: LoadedImage, reference: LoadedImage,
                target_mask: torch.Tensor | None = None, ref_mask: torch.Tensor | None = None,
-               timestep: int = 261, block: int = 1, ensemble: int = 8, prompt: str = "",
-               seed: int = 0) -> CorrespondenceField:
+               settings: DiftSettings = DiftSettings(), blocking: bool = True
+               ) -> CorrespondenceField:
     """Target -> reference correspondence from DIFT features, restricted to the masks."""
-    ft = dift_features(models, target, timestep, block, ensemble, prompt, seed)
-    fr = dift_features(models, reference, timestep, block, ensemble, prompt, seed)
+    ft, fr = pair_dift_features(models, target, reference, settings, blocking)
     return CorrespondenceField.from_features(ft.features, fr.features, target_mask, ref_mask)
