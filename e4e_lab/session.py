@@ -36,7 +36,7 @@ from .method.images import ImageLike, LoadedImage, check_image_source, load_imag
 from .method.inversion import InversionResult, invert
 from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
-from .method.transfer import StepEvent, TransferResult, run_multi_transfer, run_transfer
+from .method.transfer import StepEvent, TransferResult, run_multi_transfer
 from .models.device import check_fits, check_session
 from .models.loading import Models, load_pipeline
 
@@ -113,6 +113,16 @@ class Pair:
     def strip_inputs(self) -> list[tuple[str, LoadedImage]]:
         """(label, image) of the strip's panels before the result: structure | appearance."""
         return [("structure", self.structure), ("appearance", self.appearance)]
+
+    # A pair is a multi-object pair of one object: the same two views as MultiPair's
+    # fields, so one Lab.transfer runs both.
+    @property
+    def references(self) -> list[LoadedImage]:
+        return [self.appearance]
+
+    @property
+    def regions(self) -> list[RegionPair]:
+        return [RegionPair(self.structure_mask.float(), self.appearance_mask.float(), 0)]
 
 
 class Lab:
@@ -283,16 +293,9 @@ class Lab:
             refs[key] = img
         return key
 
-    def transfer_multi(self, multi: MultiPair, config: TransferConfig,
-                       callback: Callable[[StepEvent], None] | None = None, cancel=None,
-                       inversion_progress: Callable[[int, int], None] | None = None,
-                       recorder=None) -> TransferResult:
-        """Multi-object transfer: each target region matches only inside its partner."""
-        with self.models.in_use():
-            invs = self.invert(multi.references + [multi.structure], config,
-                               progress=inversion_progress)
-            return run_multi_transfer(self.models, invs[:-1], invs[-1], multi.regions, config,
-                                      callback=callback, cancel=cancel, recorder=recorder)
+    def transfer_multi(self, multi: MultiPair, config: TransferConfig, **kwargs) -> TransferResult:
+        """The same as :meth:`transfer` (kept for code written before they were one)."""
+        return self.transfer(multi, config, **kwargs)
 
     # -------------------------------------------------------------- stage 2 --
     def invert(self, images: list[LoadedImage], config: TransferConfig,
@@ -317,25 +320,31 @@ class Lab:
         self._inversions.clear()
 
     # -------------------------------------------------------------- stage 4 --
-    def dift_field(self, pair: Pair, config: TransferConfig) -> CorrespondenceField:
+    def dift_field(self, pair: Pair | MultiPair, config: TransferConfig) -> CorrespondenceField:
+        """The DIFT correspondence of a one-object pair's target and reference regions."""
         from .models.dift import DiftSettings, dift_field
 
-        return dift_field(self.models, pair.structure, pair.appearance, pair.structure_mask,
-                          pair.appearance_mask, DiftSettings.from_config(config))
+        if len(pair.regions) != 1:
+            raise ConfigError("correspondence", "dift", "a DIFT field is made for one object "
+                              "pair: use correspondence='match' with several objects")
+        (region,) = pair.regions
+        return dift_field(self.models, pair.structure, pair.references[region.reference],
+                          region.target_mask, region.ref_mask, DiftSettings.from_config(config))
 
-    def transfer(self, pair: Pair, config: TransferConfig,
+    def transfer(self, pair: Pair | MultiPair, config: TransferConfig,
                  callback: Callable[[StepEvent], None] | None = None, cancel=None,
                  inversion_progress: Callable[[int, int], None] | None = None,
                  recorder=None) -> TransferResult:
-        """Invert (cached) and run the transfer; returns a :class:`TransferResult`.
+        """Invert (cached) and run the transfer of one object pair or several; returns a
+        :class:`TransferResult`. Each target region matches only inside its partner.
 
         Holds the model (:meth:`Models.in_use`) for the whole run: the transfer installs
         its attention processors on the shared UNet.
         """
         with self.models.in_use():
-            app_inv, struct_inv = self.invert([pair.appearance, pair.structure], config,
-                                              progress=inversion_progress)
+            *refs, structure = self.invert(pair.references + [pair.structure], config,
+                                           progress=inversion_progress)
             field = self.dift_field(pair, config) if config.correspondence == "dift" else None
-            return run_transfer(self.models, app_inv, struct_inv, pair.appearance_mask,
-                                pair.structure_mask, config, callback=callback, cancel=cancel,
-                                dift_field=field, recorder=recorder)
+            return run_multi_transfer(self.models, refs, structure, pair.regions, config,
+                                      callback=callback, cancel=cancel, dift_field=field,
+                                      recorder=recorder)

@@ -63,7 +63,7 @@ def test_save_run_reads_single_and_multi_pairs_through_their_protocol(lab, image
         {"appearance": images[1], "target_box": (half, 0, SMALL, SMALL),
          "appearance_box": (0, 0, half, SMALL)}], mask="box", size=SMALL)
     save_run(tmp_path / "single", lab.transfer(pair, fast_config), pair)
-    save_run(tmp_path / "multi", lab.transfer_multi(multi, fast_config), multi)
+    save_run(tmp_path / "multi", lab.transfer(multi, fast_config), multi)
 
     meta, strip = _saved(tmp_path / "single")
     assert meta["tiny_model"] is True and meta["mask"] == "box" and meta["size"] == [SMALL, SMALL]

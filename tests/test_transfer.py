@@ -145,7 +145,7 @@ def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
     mp = lab.multi_pair(images[1], objects, mask="box", size=SMALL)
     with pytest.raises(MaskError, match=r"the structure \(target\) mask of pair 1 covers fewer "
                        r"than 2 cells of the 4x4 grid .*--mask box"):
-        lab.transfer_multi(mp, fast_config)
+        lab.transfer(mp, fast_config)
 
 
 def test_dift_correspondence_source(lab, pair, fast_config):
@@ -165,7 +165,7 @@ def test_multi_object_transfer(lab, images, fast_config):
     ]
     mp = lab.multi_pair(images[1], objects, mask="box", size=SMALL)
     assert len(mp.references) == 2 and [r.reference for r in mp.regions] == [0, 1]
-    res = lab.transfer_multi(mp, fast_config.replace(record_matches=True))
+    res = lab.transfer(mp, fast_config.replace(record_matches=True))
     assert res.latents.shape[0] == 4 and len(res.appearance_recons) == 2
     for fld in res.recorder.matches.values():
         h, w = fld.target_shape
@@ -177,7 +177,7 @@ def test_multi_object_transfer(lab, images, fast_config):
     single = lab.pair(images[0], images[1], size=SMALL, mask="none")
     mp1 = lab.multi_pair(images[1], [{"appearance": images[0]}], mask="none", size=SMALL)
     a = lab.transfer(single, fast_config).image
-    b = lab.transfer_multi(mp1, fast_config).image
+    b = lab.transfer(mp1, fast_config).image  # one Lab.transfer for one object or several
     assert torch.equal(a, b)
 
 
