@@ -2,22 +2,38 @@
 
 Naming, finding the latest and pruning the old checkpoints of a phase; saving and
 loading the parts that accelerate's own state does not hold (the noise generator, the
-EMA weights and their counters); and the check that a checkpoint belongs to this run.
-:class:`e4e_lab.toy.train_loop.Trainer` writes and reads whole checkpoints with these.
+EMA weights and their counters); the check that a checkpoint belongs to this run; and
+:func:`staged_folder`, the write-then-rename that every folder a run writes (checkpoints,
+``vae-done``, the pipeline) goes through. :class:`e4e_lab.toy.train_loop.Trainer` writes
+and reads whole checkpoints with these.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from .train_config import TrainConfig
 
 STATE_FILE = "state.json"
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """An empty ``.staging-<name>`` folder beside ``final`` to write into; when the block
+    ends without an error it replaces ``final``, so a reader never sees half a folder (an
+    error leaves ``final`` as it was)."""
+    staging = final.parent / f".staging-{final.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    yield staging
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
 
 
 def checkpoint_name(phase: str, step: int) -> str:

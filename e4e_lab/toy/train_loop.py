@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from .train_checkpoints import (STATE_FILE, check_same_model, checkpoint_name, latest_checkpoint,
                                 load_emas, load_generator, prune_checkpoints, save_emas,
-                                save_generator)
+                                save_generator, staged_folder)
 from .train_config import PHASES, PhaseReport, TrainConfig
 from .train_data import CreatureStream, make_loader
 
@@ -178,17 +177,13 @@ class Trainer:
         run.account()
         root = self.cfg.checkpoints
         final = root / checkpoint_name(phase.name, run.step)
-        staging = root / f".staging-{final.name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self.accelerator.save_state(str(staging), safe_serialization=True)
-        save_emas(run.emas, phase.modules, staging)
-        save_generator(run.generator, staging)
-        state = {"phase": phase.name, "step": run.step, "report": run.report.to_dict(),
-                 "config": self.cfg.describe()}
-        (staging / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        with staged_folder(final) as staging:
+            self.accelerator.save_state(str(staging), safe_serialization=True)
+            save_emas(run.emas, phase.modules, staging)
+            save_generator(run.generator, staging)
+            state = {"phase": phase.name, "step": run.step, "report": run.report.to_dict(),
+                     "config": self.cfg.describe()}
+            (staging / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         prune_checkpoints(root, phase.name, self.cfg.keep_checkpoints)
         log.info("checkpoint %s", final)
         return final

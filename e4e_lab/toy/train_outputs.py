@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from . import world
 from .model import fp16_megabytes, save_toy_pipeline, write_manifest
+from .train_checkpoints import staged_folder
 from .train_config import PhaseReport, TrainConfig
 
 
@@ -57,11 +57,16 @@ def _versions() -> dict[str, str]:
 def write_pipeline(pipe, cfg: TrainConfig, reports: list[PhaseReport], device: torch.device,
                    counts: dict[str, int]) -> Path:
     """Save the trained pipeline (float16) to DIR/pipeline with its marker and manifest."""
-    final = cfg.pipeline_dir
-    staging = cfg.out / ".staging-pipeline"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_toy_pipeline(pipe, staging)
-    metadata = {
+    with staged_folder(cfg.pipeline_dir) as staging:
+        save_toy_pipeline(pipe, staging)
+        write_manifest(staging, _metadata(pipe, cfg, reports, device, counts))
+    return cfg.pipeline_dir
+
+
+def _metadata(pipe, cfg: TrainConfig, reports: list[PhaseReport], device: torch.device,
+              counts: dict[str, int]) -> dict[str, Any]:
+    """What the manifest records besides the file digests."""
+    return {
         "format": "e4e-toy-model-1",
         "command": cfg.command,
         "device": device_name(device),
@@ -75,10 +80,6 @@ def write_pipeline(pipe, cfg: TrainConfig, reports: list[PhaseReport], device: t
         "phases": {r.name: r.to_dict() for r in reports},
         "train_config": cfg.describe(),
     }
-    write_manifest(staging, metadata)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    return final
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import training_scheduler
+from .train_checkpoints import staged_folder
 from .train_config import PHASES, PhaseReport
 from .train_data import CreatureStream, images_to_tensor, make_loader, random_crops
 from .train_loop import Phase, Trainer
@@ -125,13 +125,10 @@ def train_vae(trainer: Trainer, pipe) -> PhaseReport:
 
 
 def _save_vae_done(vae, report: PhaseReport, done: Path) -> None:
-    staging = done.parent / f".staging-{done.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    vae.save_pretrained(staging, safe_serialization=True)
-    (staging / "phase.json").write_text(json.dumps(report.to_dict(), indent=2),
-                                        encoding="utf-8")
-    shutil.rmtree(done, ignore_errors=True)
-    staging.rename(done)
+    with staged_folder(done) as staging:
+        vae.save_pretrained(staging, safe_serialization=True)
+        (staging / "phase.json").write_text(json.dumps(report.to_dict(), indent=2),
+                                            encoding="utf-8")
 
 
 def train_unet(trainer: Trainer, pipe) -> PhaseReport:
