@@ -89,7 +89,7 @@ def write_preview(pipe, path: Path, device: torch.device, per_species: int = 3,
     from PIL import Image
 
     pipe.set_progress_bar_config(disable=True)
-    prompts = [f"a photo of a {s}" for s in world.SPECIES for _ in range(per_species)]
+    prompts = [world.prompt_of(s) for s in world.SPECIES for _ in range(per_species)]
     generator = torch.Generator(device).manual_seed(0)
     images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance,
                   generator=generator, output_type="np").images

@@ -63,7 +63,7 @@ from .world_species import (BUILDERS, DETAIL_PARTS, KEYPOINT_PARTS, PART_INDEX, 
 __all__ = [
     "SPECIES", "PART_NAMES", "PART_INDEX", "SPECIES_PARTS", "DETAIL_PARTS", "KEYPOINT_PARTS",
     "VERSION", "TRAIN_SEEDS", "HELDOUT_START", "MIN_COLOR_DISTANCE", "SUPERSAMPLE", "SHADING",
-    "Sample", "Batch", "is_heldout", "sample", "pair", "render_batch", "part_mask",
+    "Sample", "Batch", "prompt_of", "is_heldout", "sample", "pair", "render_batch", "part_mask",
     "colorize_parts",
 ]
 
@@ -73,6 +73,11 @@ stale."""
 
 TRAIN_SEEDS = range(0, 1_000_000)
 HELDOUT_START = 1_000_000
+
+
+def prompt_of(species: str) -> str:
+    """The caption of a creature of ``species``, which the toy model was trained on."""
+    return f"a photo of a {species}"
 
 
 # --- the sample -----------------------------------------------------------------------
@@ -102,7 +107,7 @@ class Sample:
 
     @property
     def prompt(self) -> str:
-        return f"a photo of a {self.species}"
+        return prompt_of(self.species)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +121,7 @@ class Batch:
 
     @property
     def prompts(self) -> tuple[str, ...]:
-        return tuple(f"a photo of a {s}" for s in self.species)
+        return tuple(prompt_of(s) for s in self.species)
 
 
 def is_heldout(seed: int) -> bool:
