@@ -4,7 +4,7 @@ Each held-out pair (``e4e_lab.toy.world.pair``) is a structure and an appearance
 creature of one species with known part maps, part colours and keypoints. Every method
 (an injection mode of ``TransferConfig``) runs on the same inversions and seed, with the
 world's exact object masks and the species as the domain, and is scored with the
-metrics of ``e4e_lab/toy/quality.py`` (see ``benchmarks/QUALITY.md``):
+metrics of ``e4e_lab/toy/quality*.py`` (see ``benchmarks/QUALITY.md``):
 
 - part-colour accuracy (mean +- std over pairs) and its chance level,
 - background MAE (0-255) and PSNR (dB) outside the structure's dilated object,

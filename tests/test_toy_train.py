@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from e4e_lab.toy import train as toy_train
+from e4e_lab.toy import train_phases
 from e4e_lab.toy import world
 from e4e_lab.toy.model import (TOY_MARKER, ToyModelConfig, build_text_encoder, build_unet,
                                build_vae, fp16_megabytes, is_toy_folder, verify_manifest)
@@ -62,11 +63,12 @@ def run(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(world, "sample", recording_sample)
-        mp.setattr(toy_train, "diffusion_loss", Interrupt(toy_train.diffusion_loss, at=3))
+        # patched where the UNet phase looks it up
+        mp.setattr(train_phases, "diffusion_loss", Interrupt(train_phases.diffusion_loss, at=3))
         with pytest.raises(KeyboardInterrupt):
             toy_train.main(cli_args(out))
         interrupted = sorted(p.name for p in (out / "checkpoints").iterdir())
-        mp.setattr(toy_train, "diffusion_loss", toy_train.diffusion_loss.loss)
+        mp.setattr(train_phases, "diffusion_loss", train_phases.diffusion_loss.loss)
         with pytest.raises(FileExistsError, match="--resume"):
             toy_train.main(cli_args(out))
         assert toy_train.main(cli_args(out, "--resume")) == 0
