@@ -279,8 +279,15 @@ def test_an_evaluation_is_a_transaction_too(tmp_path, monkeypatch):
     example = Path(__file__).resolve().parents[1] / "example"
     out = tmp_path / "eval"
     make_lab = _fake_evaluation(monkeypatch, 0.25)
-    csv_path = evaluation.run_distributed(make_lab, example, out, methods=("feature",))
+    old_umask = os.umask(0o027)
+    try:
+        csv_path = evaluation.run_distributed(make_lab, example, out, methods=("feature",))
+    finally:
+        os.umask(old_umask)
     assert csv_path == out / "results.csv"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes["eval"] == modes["images"] == 0o750  # 0o777 less the umask
+    assert modes["results.csv"] == modes["report.html"] == 0o640
     before = _files(out)
     assert {"results.csv", "report.html"} <= set(before)
     assert any(name.startswith("images/") for name in before)
