@@ -144,6 +144,13 @@ def test_a_full_disk_during_an_overwrite_leaves_the_previous_run(tmp_path, refer
     with pytest.raises(OutputError):
         save_run(tmp_path / "fresh", result, pair)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # the disk fills up on the commit's journal (the sixth write), before anything moves
+    monkeypatch.undo()
+    _fail_on_call(monkeypatch, 6, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(OutputError, match="move the finished run"):
+        save_run(out, result, pair, extra={"which": "new"}, overwrite=True)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_an_interrupt_while_writing_leaves_no_half_written_run(tmp_path, reference_run,
@@ -224,6 +231,9 @@ def test_a_killed_runs_leftovers_are_cleaned_and_its_commit_undone(tmp_path, ref
         (staging / name).write_bytes(b"new " + name.encode())
     os.rename(out / "appearance_recon.png", aside / "appearance_recon.png")
     os.rename(staging / "appearance_recon.png", out / "appearance_recon.png")
+    cut = tmp_path / ".run.e4e-old-999993-0c0c"  # killed while writing its journal
+    cut.mkdir()
+    (cut / ".e4e-commit.json").write_text('["result')
     with pytest.raises(OutputExistsError, match="already holds a run"):
         save_run(out, result, pair)  # the old run is back, and still not overwritten
     assert _files(out) == before

@@ -1,16 +1,13 @@
 """Stage 5 on disk: writing a run's images, strip and config without losing old runs.
 
-Every run (a transfer, a multi-object transfer, an evaluation) is written as a
-transaction (:class:`OutputTransaction`): it claims its output folder with a lock
-file beside it (an ``flock``, released by the kernel if the process dies; a second
-run into the same folder is refused at once), writes into a staging folder beside the
-target (same parent, so same filesystem) and moves it into place by renames only when
-it is complete. Replacing a run (``overwrite``) moves each old entry aside, the new one
-in, and deletes the old ones last; a failure or Ctrl-C on the way moves everything
-back. A run that fails, is interrupted or fills the disk leaves the previous run as it
-was and no half-written folder; leftovers of a killed process are cleaned (or rolled
-back) by the next run into the same folder. Files and folders are made with ``open``
-and ``os.mkdir``, so they follow the umask.
+Every run (transfer, multi-object transfer, evaluation) is a transaction
+(:class:`OutputTransaction`): it claims its folder with a lock beside it (an ``flock``,
+gone with a dead process), writes into a staging folder beside it and moves that into
+place when complete. ``overwrite`` moves each old entry aside, the new one in, then
+deletes the old; a failure, a full disk or Ctrl-C leaves the previous run as it was and
+nothing half-written; a killed run's leftovers are cleaned (or its cut-off commit rolled
+back) by the next run into the folder. ``open`` and ``os.mkdir`` make every file and
+folder, so they follow the umask.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import os
 import re
 import secrets
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -145,11 +142,11 @@ class OutputTransaction:
         try:
             with self.writing("claim"):
                 _clean_leftovers(self.out)
-            check_output(self.out, self.overwrite, self.names)
-            with self.writing("claim"):
-                self.staging = _home(self.out) / f".{self.out.name}.e4e-staging-" \
+                check_output(self.out, self.overwrite, self.names)
+                staging = _home(self.out) / f".{self.out.name}.e4e-staging-" \
                     f"{os.getpid()}-{secrets.token_hex(4)}"
-                os.mkdir(self.staging)  # mode 0o777 less the umask
+                os.mkdir(staging)  # mode 0o777 less the umask
+                self.staging = staging
         except BaseException:
             self.close()
             raise
@@ -235,10 +232,8 @@ def _lock_fd(fd: int) -> None:
 
 
 def _release(fd: int, path: Path) -> None:
-    try:
+    with suppress(OSError):
         os.unlink(path)  # while still locked: a waiting opener sees another inode, retries
-    except OSError:
-        pass
     os.close(fd)
 
 
@@ -252,7 +247,11 @@ def _commit(staging: Path, out: Path) -> None:
     names = sorted(os.listdir(staging))
     aside = staging.with_name(staging.name.replace("e4e-staging-", "e4e-old-"))
     os.mkdir(aside)
-    _write_file(aside / _JOURNAL, json.dumps(names).encode())
+    try:
+        _write_file(aside / _JOURNAL, json.dumps(names).encode())
+    except BaseException:  # nothing moved yet
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
     try:
         for name in names:
             if os.path.lexists(out / name):
@@ -289,9 +288,13 @@ def _clean_leftovers(out: Path) -> None:
             continue
         aside = home / entry
         staging = home / f"{prefix}e4e-staging-{m.group(2)}-{m.group(3)}"
-        if (aside / _JOURNAL).is_file():
+        try:
+            names = json.loads((aside / _JOURNAL).read_text())
+        except (OSError, ValueError):  # none (committed) or cut short (nothing moved yet)
+            names = None
+        if names is not None:
             staging.mkdir(exist_ok=True)
-            _roll_back(out, staging, aside, json.loads((aside / _JOURNAL).read_text()))
+            _roll_back(out, staging, aside, names)
         shutil.rmtree(aside, ignore_errors=True)
     for entry in os.listdir(home):
         if entry.startswith(prefix) and _LEFTOVER.match(entry[len(prefix):]):
