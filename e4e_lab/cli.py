@@ -10,9 +10,9 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 import time
 
+from . import interrupts
 from .errors import ConfigError, E4ELabError, TransferCancelled
 from .io.formats import MaskMode
 from .method.config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
@@ -285,31 +285,18 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _stop_on_first_interrupt():
-    """Ctrl-C: the first one raises KeyboardInterrupt (the run unwinds and removes its
-    staging folder); later ones are ignored, so that they cannot cut that clean-up short
-    or escape as a traceback (and an exit by signal, -2, instead of 130). Returns the
-    previous handler (None off the main thread, where signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def first_interrupt(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGINT, first_interrupt)
-
-
 def main(argv: list[str] | None = None) -> int:
-    previous = _stop_on_first_interrupt()
+    previous = interrupts.catch_first()  # Ctrl-C: 130 after one or many, no traceback
     try:
-        return _main(argv)
+        code = _main(argv)
     except KeyboardInterrupt:  # before or after _main's own handler (parsing arguments...)
         print("error: interrupted", file=sys.stderr)
-        return 130
-    finally:  # an interrupted process stays deaf to Ctrl-C: it is exiting
-        if previous is not None and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, previous)
+        code = 130
+    finally:
+        interrupted = interrupts.release(previous)
+    if interrupted and previous is signal.default_int_handler:  # a command-line process
+        interrupts.exit_now(code)
+    return code
 
 
 def _main(argv: list[str] | None) -> int:
