@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 
@@ -292,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or after _main's own handler (parsing arguments...)
         print("error: interrupted", file=sys.stderr)
         code = 130
-    finally:
-        interrupted = interrupts.release(previous)
-    if interrupted and previous is signal.default_int_handler:  # a command-line process
+    finally:  # argv None: the command line (e4e-lab, python -m e4e_lab), about to exit
+        interrupted = interrupts.release(previous, ending=argv is None)
+    if interrupted and argv is None:
         interrupts.exit_now(code)
     return code
 

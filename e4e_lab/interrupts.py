@@ -2,7 +2,8 @@
 
 The first SIGINT raises KeyboardInterrupt, so that the run unwinds and removes its
 staging folder (:mod:`e4e_lab.io.outputs`); later ones are ignored, so that they cannot
-cut that clean-up short or escape as a traceback and an exit by the signal (-2).
+cut that clean-up short or escape as a traceback and an exit by the signal (-2). A
+command-line process stays deaf to Ctrl-C from then on, and after the run, until it exits.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ def catch_first():
     return signal.signal(signal.SIGINT, first_interrupt)
 
 
-def release(previous) -> bool:
-    """Put ``previous`` back unless an interrupt came (the process stays deaf to Ctrl-C:
-    it is ending). Returns whether one came."""
+def release(previous, ending: bool) -> bool:
+    """After the run: whether an interrupt came. ``ending`` (the process is the command
+    line, about to exit): stay deaf to Ctrl-C, so that one in the interpreter's shutdown
+    cannot end the process by the signal; else put ``previous`` back."""
     if previous is None:
         return False
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        return True
-    signal.signal(signal.SIGINT, previous)
-    return False
+    interrupted = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    signal.signal(signal.SIGINT, signal.SIG_IGN if ending else previous)
+    return interrupted
 
 
 def exit_now(code: int) -> None:
