@@ -231,6 +231,7 @@ def test_a_killed_runs_leftovers_are_cleaned_and_its_commit_undone(tmp_path, ref
         (staging / name).write_bytes(b"new " + name.encode())
     os.rename(out / "appearance_recon.png", aside / "appearance_recon.png")
     os.rename(staging / "appearance_recon.png", out / "appearance_recon.png")
+    (tmp_path / ".run.e4e-lock").write_text("")  # a killed run's lock file (no lock held)
     cut = tmp_path / ".run.e4e-old-999993-0c0c"  # killed while writing its journal
     cut.mkdir()
     (cut / ".e4e-commit.json").write_text('["result')

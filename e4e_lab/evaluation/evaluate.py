@@ -227,12 +227,14 @@ def _has_accelerator() -> bool:
 
 def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
                     methods=METHODS, base: TransferConfig | None = None, mask: str = "auto",
-                    size: int | None = None, progress=None, overwrite: bool = False) -> Path:
+                    size: int | None = None, progress=None, overwrite: bool = False
+                    ) -> Path | None:
     """Evaluate a pairs folder, splitting pairs across ``accelerate`` processes.
 
     Each process handles pairs ``index::num_processes`` and writes
     ``results.part{index}.csv``; the main process merges them into ``results.csv`` and
-    ``report.html`` (thumbnails of its own share; scores of all). Returns the CSV path.
+    ``report.html`` (thumbnails of its own share; scores of all). Returns the CSV path on
+the main process, None on the others.
 
     The evaluation is one output transaction (:class:`e4e_lab.io.outputs.OutputTransaction`):
     the main process claims ``out_dir`` (refused if it holds an evaluation, unless
@@ -267,8 +269,8 @@ def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
             save_images(stage, images)
         if state is not None:
             state.wait_for_everyone()
-        if tx is None:
-            return Path(out_dir) / "results.csv"
+        if tx is None:  # not the main process
+            return None
         with writing_into(tx.out, "write the evaluation into"):
             merged = []
             for k in range(world):
