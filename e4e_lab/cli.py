@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 
+from . import interrupts
 from .errors import ConfigError, E4ELabError, E4ELabWarning, TransferCancelled
 from .io.formats import MaskMode
 from .method.config import (FIT_MODES, FREEU_MODES, INJECTION_MODES, MASK_RESIZE_MODES,
@@ -161,6 +162,8 @@ def _add_evaluate(sub, d: TransferConfig) -> None:
     e.add_argument("--pairs-dir", required=True, metavar="DIR",
                    help="folder with pairs.json (and optionally boxes.json), e.g. example/")
     e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace a previous evaluation in --out (refused otherwise)")
     e.add_argument("--methods", nargs="+", default=["feature", "v", "kv", "cross-image"],
                    choices=INJECTION_MODES + ("paint-by-example",),
                    help="methods to compare (paint-by-example loads Fantasy-Studio/"
@@ -280,29 +283,35 @@ def _transfer(args) -> int:
 
     import torch
 
-    from .io.outputs import save_run
+    from .io.outputs import OutputTransaction, write_run
     from .session import Lab
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()
-    lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
-              use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
-    if args.compile:
-        lab.models.compile_unet()
-    pair = _load_pair(lab, args, boxes, objects)
-    bars = _Bars(args.quiet, config.injection)
-    try:
-        run = lab.transfer_multi if objects is not None else lab.transfer
-        result = run(pair, config, callback=bars.step, inversion_progress=bars.inversion)
-    finally:
-        bars.close()
-    extra = {"wall_s": round(time.perf_counter() - t0, 2)}
-    paths = save_run(args.out, result, pair, overwrite=args.overwrite, extra=extra)
-    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    # the run owns --out from here on (a concurrent run into it is refused) and writes into
+    # a staging folder moved into place when complete (nothing half-written on a failure)
+    with OutputTransaction(args.out, args.overwrite) as tx:
+        lab = Lab(model=args.model, device=args.device, dtype=dtype, cache_dir=args.cache_dir,
+                  use_disk_cache=not args.no_cache, sam_checkpoint=args.sam_checkpoint)
+        if args.compile:
+            lab.models.compile_unet()
+        pair = _load_pair(lab, args, boxes, objects)
+        bars = _Bars(args.quiet, config.injection)
+        try:
+            result = lab.transfer(pair, config, callback=bars.step,
+                                  inversion_progress=bars.inversion)
+        finally:
+            bars.close()
+        extra = {"wall_s": round(time.perf_counter() - t0, 2)}
+        names = write_run(tx, result, pair, extra=extra)
+    print(f"wrote {', '.join(str(tx.out / n) for n in names)}", file=sys.stderr)
     return 0
 
 
 def _evaluate(args) -> int:
+    from .io.outputs import EVAL_FILES, check_output
+
+    check_output(args.out, args.overwrite, EVAL_FILES)  # before loading anything heavy
     import torch
 
     from .evaluation.evaluate import run_distributed
@@ -333,13 +342,27 @@ def _evaluate(args) -> int:
             print(f"evaluated {pair} / {method}", file=sys.stderr)
 
     path = run_distributed(make_lab, args.pairs_dir, args.out, tuple(args.methods), base,
-                           args.mask, args.size, progress)
+                           args.mask, args.size, progress, overwrite=args.overwrite)
     if path is not None:  # the main process (the others return None)
         print(f"wrote {path} and {path.parent / 'report.html'}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = interrupts.catch_first()  # Ctrl-C: 130 after one or many, no traceback
+    try:
+        code = _main(argv)
+    except KeyboardInterrupt:  # before or after _main's own handler (parsing arguments...)
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    finally:  # argv None: the command line (e4e-lab, python -m e4e_lab), about to exit
+        interrupted = interrupts.release(previous, ending=argv is None)
+    if interrupted and argv is None:
+        interrupts.exit_now(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

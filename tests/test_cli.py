@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from e4e_lab.io.outputs import RUN_FILES, OutputTransaction
 from e4e_lab.models import BANNERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,3 +351,106 @@ def test_help_states_the_accepted_ranges_and_the_warnings():
     for part in ("[8, 4096]", "regular file", "up to 4 MiB", "prints a warning",
                  "cuda:N", "naming neither image"):
         assert part in text, part
+
+
+# ---------------------------------------------------------------------------------------
+# Output folders as transactions, and Ctrl-C (issue 15): a run owns its --out from start
+# to end, writes into a staging folder and moves it in only when complete.
+
+
+
+EXAMPLE = ROOT / "example"
+IMAGES = ["--appearance", str(EXAMPLE / "chelsea_cat.png"),
+          "--structure", str(EXAMPLE / "horse_silhouette.png")]
+
+
+def _offline(cache: Path) -> dict[str, str]:
+    return dict(os.environ, E4E_LAB_CACHE=str(cache), HF_HUB_OFFLINE="1",
+                HF_HOME=str(cache / "hf-home"), E4E_SAM_CHECKPOINT="", PYTHONWARNINGS="ignore")
+
+
+def _one_error(proc) -> str:
+    """The run exited 2 with exactly one error line, the last one, and no traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_bad_output_folders_are_refused_before_any_work(tmp_path):
+    """Before: --out '' wrote a run into the working directory; evaluate replaced an
+    earlier evaluation silently (exit 0) and took a file as --out with an internal error."""
+    previous = tmp_path / "previous-eval"
+    (previous / "images").mkdir(parents=True)
+    (previous / "results.csv").write_text("pair,method\nan earlier evaluation\n")
+    (tmp_path / "afile").write_text("x")
+    evaluate = ["evaluate", "--pairs-dir", str(EXAMPLE), "--model", "tiny", "--quiet"]
+    cases = {
+        "transfer into ''": (["transfer", *IMAGES, *FAST, "--out", ""], ["--out"]),
+        "evaluate into ''": ([*evaluate, "--out", ""], ["--out"]),
+        "evaluate into a file": ([*evaluate, "--out", str(tmp_path / "afile")],
+                                 ["afile", "not a folder"]),
+        "evaluate over an evaluation": ([*evaluate, "--out", str(previous)],
+                                        ["previous-eval", "results.csv", "--overwrite"]),
+    }
+    before = _tree(tmp_path)
+    for name, (args, parts) in cases.items():
+        error = _one_error(cli(*args, cwd=tmp_path))
+        assert all(part in error for part in parts), (name, error)
+    assert _tree(tmp_path) == before  # nothing written anywhere, the cwd included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "previous-eval"]
+
+
+def test_a_folder_another_run_owns_is_refused(tmp_path, models, _offline_env):
+    """Before: two transfers into one --out at once both succeeded. While one run holds
+    the folder (here: this test), a second one exits 2 without touching it."""
+    out = tmp_path / "run"
+    with OutputTransaction(out) as tx:
+        (tx.staging / "result.png").write_bytes(b"the first run's")
+        r = subprocess.run([sys.executable, "-m", "e4e_lab", "transfer", *FAST, *IMAGES,
+                            "--out", str(out)], cwd=ROOT, env=_offline(_offline_env),
+                           capture_output=True, text=True, timeout=300)
+        error = _one_error(r)
+        assert "another run is writing into" in error and str(out) in error
+    assert _tree(out) == {"result.png": b"the first run's"}
+
+
+@pytest.mark.parametrize("interrupts, after", [(1, 0.2), (2, 0.2), (2, 1.0), (5, 0.5)])
+def test_ctrl_c_exits_130_and_leaves_the_previous_run(tmp_path, models, _offline_env,
+                                                      interrupts, after):
+    """Before: two SIGINTs 50 ms apart ended the process by the signal (-2), at times with
+    a traceback. Now: 130, one 'error: interrupted' line, and the run being replaced
+    (--overwrite) as it was, with no staging folder beside it. ``after``: seconds from the
+    claim of --out (the model is loading, importing, or running) to the first SIGINT."""
+    out = tmp_path / "run"
+    out.mkdir()
+    previous = {name: f"an earlier {name}".encode() for name in RUN_FILES}
+    for name, data in previous.items():
+        (out / name).write_bytes(data)
+    proc = subprocess.Popen([sys.executable, "-m", "e4e_lab", "transfer", *FAST, *IMAGES,
+                             "--steps", "50", "--size", "128", "--device", "cpu",
+                             "--out", str(out), "--overwrite"],
+                            cwd=ROOT, env=_offline(_offline_env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lock, deadline = tmp_path / ".run.e4e-lock", time.monotonic() + 200
+    while not lock.exists():  # the run has claimed --out: it is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(after)  # seconds before the run would be written
+    for n in range(interrupts):
+        time.sleep(0.05 * (n > 0))
+        proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=200)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert [ln for ln in lines if ln.startswith("error:")] == ["error: interrupted"] == lines[-1:]
+    assert _tree(out) == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -26,6 +26,8 @@ import torch
 from ..analysis import metrics
 from ..errors import ConfigError, ModelUnavailableError
 from ..io.formats import PairSpec, read_pairs_folder
+from ..io.outputs import (EVAL_FILES, OutputError, OutputExistsError, OutputTransaction,
+                          writing_into)
 from ..method.config import TransferConfig
 from .report import read_csv, save_images, write_csv, write_report
 
@@ -225,12 +227,19 @@ def _has_accelerator() -> bool:
 
 def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
                     methods=METHODS, base: TransferConfig | None = None, mask: str = "auto",
-                    size: int | None = None, progress=None) -> Path:
+                    size: int | None = None, progress=None, overwrite: bool = False
+                    ) -> Path | None:
     """Evaluate a pairs folder, splitting pairs across ``accelerate`` processes.
 
     Each process handles pairs ``index::num_processes`` and writes
     ``results.part{index}.csv``; the main process merges them into ``results.csv`` and
-    ``report.html`` (thumbnails of its own share; scores of all). Returns the CSV path.
+    ``report.html`` (thumbnails of its own share; scores of all). Returns the CSV path on
+the main process, None on the others.
+
+    The evaluation is one output transaction (:class:`e4e_lab.io.outputs.OutputTransaction`):
+    the main process claims ``out_dir`` (refused if it holds an evaluation, unless
+    ``overwrite``), every process writes into its staging folder, and the finished
+    evaluation is moved into place at the end; a failed run leaves ``out_dir`` as it was.
     """
     try:
         from accelerate import PartialState
@@ -243,28 +252,55 @@ def run_distributed(lab_factory, pairs_dir: str | Path, out_dir: str | Path,
         index, world = state.process_index, state.num_processes
     except ImportError:  # accelerate is a dependency, but keep single-process use working
         state, index, world = None, 0, 1
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pairs, boxes = read_pairs_folder(pairs_dir)
-    # the main process loads the models first: a first use builds (or downloads) them into
-    # the shared cache, and transformers' save_pretrained writes no weights on a rank != 0
-    with state.main_process_first() if state is not None else nullcontext():
-        lab = lab_factory(index)
-        pbe = load_baseline(lab) if PAINT_BY_EXAMPLE in check_methods(methods) else None
-    share = pairs[index::world]
-    log.info("process %d of %d evaluates pairs: %s", index, world, ", ".join(p.name for p in share))
-    rows, images = evaluate(lab, share, boxes, methods, base, mask, size, progress, pbe)
-    write_csv(out / f"results.part{index}.csv", rows)
-    save_images(out, images)
-    if state is not None:
-        state.wait_for_everyone()
-    csv_path = out / "results.csv"
+    tx, stage = _claim_output(out_dir, overwrite, index, world)
+    try:
+        # the main process loads the models first: a first use builds (or downloads) them
+        # into the shared cache; transformers' save_pretrained writes no weights on rank != 0
+        with state.main_process_first() if state is not None else nullcontext():
+            lab = lab_factory(index)
+            pbe = load_baseline(lab) if PAINT_BY_EXAMPLE in check_methods(methods) else None
+        share = pairs[index::world]
+        log.info("process %d of %d evaluates pairs: %s", index, world,
+                 ", ".join(p.name for p in share))
+        rows, images = evaluate(lab, share, boxes, methods, base, mask, size, progress, pbe)
+        with writing_into(out_dir, "write the evaluation into"):
+            write_csv(stage / f"results.part{index}.csv", rows)
+            save_images(stage, images)
+        if state is not None:
+            state.wait_for_everyone()
+        if tx is None:  # not the main process
+            return None
+        with writing_into(tx.out, "write the evaluation into"):
+            merged = []
+            for k in range(world):
+                part = stage / f"results.part{k}.csv"
+                merged.extend(read_csv(part))
+                part.unlink()
+            write_csv(stage / "results.csv", merged)
+            write_report(stage / "report.html", merged, lab.banner)
+        return tx.commit() / "results.csv"
+    finally:
+        if tx is not None:
+            tx.close()  # removes the staging folder unless committed
+
+
+def _claim_output(out_dir, overwrite: bool, index: int, world: int):
+    """The main process's :class:`OutputTransaction` (None on the others) and the staging
+    folder every process writes into (broadcast from the main process)."""
+    tx, shared = None, [None, None]  # [staging folder, or the main process's refusal]
     if index == 0:
-        merged = []
-        for k in range(world):
-            part = out / f"results.part{k}.csv"
-            merged.extend(read_csv(part))
-            part.unlink()
-        write_csv(csv_path, merged)
-        write_report(out / "report.html", merged, lab.banner)
-    return csv_path
+        tx = OutputTransaction(out_dir, overwrite, EVAL_FILES)
+        try:
+            shared[0] = str(tx.begin())
+        except OutputError as exc:
+            if world == 1:
+                raise
+            shared[1] = str(exc)
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(shared)
+    if shared[1] is not None:
+        raise OutputExistsError(shared[1])
+    return tx, Path(shared[0])

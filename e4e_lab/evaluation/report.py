@@ -2,7 +2,9 @@
 self-contained plotly ``report.html`` (plotly embedded: it opens offline).
 
 The method layer never builds HTML; this module does, from the rows and images that
-:mod:`e4e_lab.evaluation.evaluate` produces.
+:mod:`e4e_lab.evaluation.evaluate` produces. ``run_distributed`` has them written into an
+output transaction's staging folder (:mod:`e4e_lab.io.outputs`), moved into place when
+complete.
 """
 
 from __future__ import annotations
