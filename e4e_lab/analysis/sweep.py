@@ -16,7 +16,7 @@ steps, keeping the cells finished so far.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 from PIL import Image, ImageDraw, ImageFont
 
