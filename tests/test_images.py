@@ -275,3 +275,23 @@ def test_a_target_size_over_the_limit_is_refused_before_allocating():
     with pytest.raises(ImageError, match=str(MAX_SIZE)):
         load_image(np.zeros((4, 4, 3), np.uint8), 99968)
     assert time.perf_counter() - t0 < 1
+
+
+def test_encoded_bytes_in_memory_load_like_the_file(tmp_path, photo):
+    """An upload's bytes (bytes, memoryview or BytesIO) decode to the same pixels as the
+    file they came from; bad bytes are refused with the file checks' messages."""
+    import io
+
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    data = path.read_bytes()
+    from_file = load_image(path, SMALL)
+    for given in (data, memoryview(data), bytearray(data), io.BytesIO(data)):
+        loaded = load_image(given, SMALL, name="up.png")
+        assert loaded.name == "up.png" and loaded.source is None
+        assert loaded.digest == from_file.digest and loaded.original_size == (53, 37)
+    for bad, words in ((b"", ["empty"]), (b"not an image at all", ["cannot be read"]),
+                       (data[: len(data) // 2], ["damaged or truncated"])):
+        with pytest.raises(ImageError) as exc:
+            load_image(bad, SMALL, name="up.png")
+        assert_names(exc, "up.png", *words)

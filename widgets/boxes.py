@@ -7,6 +7,8 @@ the boxes JSON read by the CLI and ``Lab.pair(boxes=...)``. Handlers take model 
     drawer.on_mouse_down(10, 10); drawer.on_mouse_move(40, 30); drawer.on_mouse_up(40, 30)
     drawer.box  # (10, 10, 40, 30)
 
+An upload or a path (:class:`~widgets.image_source.ImageSource`) replaces the image.
+
 A drawer can also show other, inactive boxes (:class:`ExtraBox`, e.g. the other pairs of
 a multi-object run): they are drawn thinner with a label, and a click (no drag) inside
 one calls the ``pick_observers`` with its key.
@@ -28,6 +30,7 @@ from e4e_lab.method.images import LoadedImage
 from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, status_html
+from .image_source import ImageSource
 from .masks import concrete_mask_mode
 
 BOX_COLOR = (255, 200, 0)
@@ -50,7 +53,8 @@ class BoxDrawer(LabWidget):
     """One image and at most one (active) box on it, plus inactive :class:`ExtraBox` es."""
 
     def __init__(self, image: LoadedImage, box=None, lab=None, title: str | None = None,
-                 display_size: int = 256, min_size: int = 2, color=BOX_COLOR):
+                 display_size: int = 256, min_size: int = 2, color=BOX_COLOR,
+                 sources: bool = True):
         self.lab = lab
         self.image = image
         self.name = image.name
@@ -75,8 +79,12 @@ class BoxDrawer(LabWidget):
         self.clear_button = W.Button(description="Clear box", icon="times",
                                      layout=W.Layout(width="110px"))
         self.clear_button.on_click(lambda _: self.clear())
-        self.widget = self._frame(self.view.canvas, self.coords, self.clear_button,
-                                  title=title or image.name)
+        self._title = title or image.name
+        self.title = W.HTML(self._title_html())
+        self.source = ImageSource(lab, image.size, self.replace_image, fit=image.fit,
+                                  resample=image.resample) if sources else None
+        self.widget = self._frame(self.title, self.view.canvas, self.coords, self.clear_button,
+                                  self.source and self.source.widget)
         if box is not None:
             self.set_box(box)
         else:
@@ -102,6 +110,18 @@ class BoxDrawer(LabWidget):
         self.image, self.name = image, image.name
         self.view.draw_image(image)
         self.redraw()
+
+    def replace_image(self, image: LoadedImage) -> None:
+        """Work on another image of the same size (an upload, a path): the box is cleared,
+        since it framed an object of the old image."""
+        old = self.name
+        self.set_image(image)
+        self._title = self._title.replace(old, image.name)
+        self.title.value = self._title_html()
+        self.clear()
+
+    def _title_html(self) -> str:
+        return f"<h4 style='margin:4px 0'>{html.escape(self._title)}</h4>"
 
     def set_extras(self, extras: list[ExtraBox], color=None) -> None:
         """Replace the inactive boxes (and optionally the active box's colour)."""
@@ -255,6 +275,8 @@ class PairBoxDrawer(LabWidget):
                                     display_size=display_size)
         self.structure = BoxDrawer(structure, title=f"structure (target): {structure.name}",
                                    display_size=display_size)
+        for d in self.drawers:  # the drawers show no banner of their own; uploads load
+            d.source.lab = lab  # through the session all the same
         files = file_row(self, path, "boxes JSON")
         self.widget = self._frame(
             W.HBox([self.appearance.widget, self.structure.widget]), files, self.status,

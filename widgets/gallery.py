@@ -1,4 +1,5 @@
-"""Run gallery: every run with its parameters, side-by-side comparison, export."""
+"""Run gallery: every run with its parameters, side-by-side comparison, export, delete,
+and runs saved earlier read back from their folders (``e4e_lab.io.saved_runs``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import ipywidgets as W
 from e4e_lab.analysis.config_diff import config_diff
 from e4e_lab.errors import E4ELabError
 from e4e_lab.io.outputs import safe_name, save_run
+from e4e_lab.io.saved_runs import SavedRun, copy_run, find_runs, read_run
 
 from . import render
 from .common import LabWidget, captioned, image_widget, status_html
@@ -27,8 +29,8 @@ class RunRecord:
     """One finished transfer with what is needed to show and export it."""
 
     name: str
-    result: object  # TransferResult
-    pair: object  # Pair
+    result: object  # TransferResult, or a SavedRun read back from its folder
+    pair: object  # Pair (None for a saved run: its inputs are in its strip)
     created: float = field(default_factory=time.time)
     masked: bool = True
     note: str = ""
@@ -65,10 +67,16 @@ class RunGallery(LabWidget):
         self.table = W.HTML()
         self.comparison = W.HBox()
         self.status = W.HTML()
+        self.delete_button = W.Button(description="Delete selected", icon="trash")
+        self.reload_button = W.Button(description="Reload saved", icon="folder-open",
+                                      tooltip="read back the runs saved in the export folder")
         self.compare_button.on_click(lambda _: self.compare())
         self.export_button.on_click(lambda _: self.export_selected())
-        self.widget = self._frame(self.selector, W.HBox([self.compare_button]),
-                                  W.HBox([self.export_dir, self.export_button]), self.status,
+        self.delete_button.on_click(lambda _: self.delete())
+        self.reload_button.on_click(lambda _: self.reload())
+        self.widget = self._frame(self.selector, W.HBox([self.compare_button, self.delete_button]),
+                                  W.HBox([self.export_dir, self.export_button,
+                                          self.reload_button]), self.status,
                                   self.table, self.comparison, title="Run gallery")
         self._refresh()
 
@@ -82,6 +90,37 @@ class RunGallery(LabWidget):
         self.runs.append(record)
         self._refresh()
         return record
+
+    def delete(self, runs=None) -> list[str]:
+        """Remove runs (by index or name; default: the selection); returns their names."""
+        idx = sorted(set(self._indices(runs)))
+        if not idx:
+            self.status.value = status_html("select the runs to delete", "warn")
+            return []
+        names = [self.runs[i].name for i in idx]
+        self.runs = [r for i, r in enumerate(self.runs) if i not in idx]
+        self.comparison.children = ()
+        self._refresh()
+        self.status.value = status_html(f"deleted {', '.join(names)}", "ok")
+        return names
+
+    def reload(self, folder: str | Path | None = None) -> list[RunRecord]:
+        """Add the runs saved in ``folder`` (a run folder, or a folder of them; default:
+        the export folder) that the gallery does not hold yet."""
+        where = Path(folder if folder is not None else self.export_dir.value).expanduser()
+        held = {r.result.folder.resolve() for r in self.runs if isinstance(r.result, SavedRun)}
+        added = []
+        try:
+            for path in find_runs(where):
+                if path.resolve() not in held:
+                    run = read_run(path)
+                    added.append(self.add(run, None, name=run.name, masked=run.masked))
+        except E4ELabError as exc:
+            self.status.value = status_html(str(exc), "error")
+            return added
+        self.status.value = status_html(f"reloaded {len(added)} saved run(s) from {where}",
+                                        "ok" if added else "warn")
+        return added
 
     def _refresh(self) -> None:
         self.selector.options = [(r.summary(), i) for i, r in enumerate(self.runs)]
@@ -139,9 +178,9 @@ class RunGallery(LabWidget):
             diff = ", ".join(f"{k}={v[idx.index(i)]}" for k, v in differ.items())
             panels.append(W.VBox([captioned(pic, rec.name),
                                   W.HTML(f"<small>{html.escape(diff or rec.summary())}</small>")]))
-        pair = self.runs[idx[0]].pair
+        pair = next((self.runs[i].pair for i in idx if self.runs[i].pair is not None), None)
         inputs = []
-        for label, im in pair.strip_inputs():
+        for label, im in pair.strip_inputs() if pair is not None else ():
             shape = render.display_shape(im.size, self.thumb)
             inputs.append(captioned(image_widget(render.resize_nearest(im.to_uint8(), *shape),
                                                  width=self.thumb), label))
@@ -158,6 +197,8 @@ class RunGallery(LabWidget):
         rec = self.runs[i]
         out = Path(folder if folder is not None else self.export_dir.value).expanduser() \
             / safe_name(rec.name)
+        if isinstance(rec.result, SavedRun):  # read back: its files are the run
+            return copy_run(rec.result, out, overwrite=overwrite)
         save_run(out, rec.result, rec.pair, overwrite=overwrite,
                  extra={"run_name": rec.name, "masked": rec.masked, "note": rec.note})
         return out

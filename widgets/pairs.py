@@ -16,7 +16,7 @@ read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
 
 from __future__ import annotations
 
-import html
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,8 @@ from . import render
 from .boxes import BoxDrawer, ExtraBox, file_row, refuse_missing_folder
 from .common import LabWidget, status_html
 from .masks import concrete_mask_mode
-from .pair_notes import overlap_warnings, unsaved_text
+from .pair_legend import legend_html
+from .pair_notes import unsaved_text
 
 
 @dataclass
@@ -43,10 +44,6 @@ class ObjectPair:
     color: int
     target_box: Box | None = None
     appearance_box: Box | None = None
-
-
-def _box_text(box) -> str:
-    return "whole image" if box is None else str(list(box))
 
 
 class MultiBoxDrawer(LabWidget):
@@ -77,6 +74,9 @@ class MultiBoxDrawer(LabWidget):
         self.reference.observers.append(lambda d: self._on_box("appearance_box", d.box))
         for d in (self.target, self.reference):
             d.pick_observers.append(self.select)
+        self.target.source.lab = self.reference.source.lab = lab
+        self.target.source.on_image = self.replace_structure
+        self.reference.source.on_image = self.replace_reference
 
         self.pair_buttons = W.HBox()
         self.add_button = W.Button(description="Add pair", icon="plus")
@@ -106,15 +106,42 @@ class MultiBoxDrawer(LabWidget):
         self._refresh_ref_options()
         return len(self.references) - 1
 
-    def _refresh_ref_options(self) -> None:
+    @contextmanager
+    def _quiet(self):
+        """Box and reference changes made here are not the user's edits."""
         self._syncing = True
         try:
+            yield
+        finally:
+            self._syncing = False
+
+    def replace_structure(self, image: LoadedImage) -> None:
+        """Another structure image (same size); every target box is cleared."""
+        with self._quiet():
+            self.target.replace_image(image)
+        self.structure = image
+        for pair in self.pairs:
+            pair.target_box = None
+        self._refresh()
+
+    def replace_reference(self, image: LoadedImage) -> None:
+        """Another image in place of the selected pair's reference, for every pair that
+        uses it; their reference boxes are cleared."""
+        ref = self.pairs[self.selected].reference if self.selected is not None else 0
+        self.references[ref] = image
+        for pair in (p for p in self.pairs if p.reference == ref):
+            pair.appearance_box = None
+        self._refresh_ref_options()
+        with self._quiet():
+            self.reference.replace_image(image)
+        self._refresh()
+
+    def _refresh_ref_options(self) -> None:
+        with self._quiet():
             self.ref_choice.options = [(f"{n + 1}: {r.name}", n)
                                        for n, r in enumerate(self.references)]
             if self.selected is not None:
                 self.ref_choice.value = self.pairs[self.selected].reference
-        finally:
-            self._syncing = False
 
     # ----------------------------------------------------------------- pairs --
     def add_pair(self, target_box=None, appearance_box=None, reference: int | None = None
@@ -148,16 +175,13 @@ class MultiBoxDrawer(LabWidget):
         if index is not None and not 0 <= index < len(self.pairs):
             raise IndexError(f"pair {index} does not exist: there are {len(self.pairs)} pairs")
         self.selected = index
-        self._syncing = True
-        try:
+        with self._quiet():
             pair = None if index is None else self.pairs[index]
             self.target.set_box(pair and pair.target_box)
             if pair is not None:
                 self.ref_choice.value = pair.reference
                 self.reference.set_image(self.references[pair.reference])
             self.reference.set_box(pair and pair.appearance_box)
-        finally:
-            self._syncing = False
         self._refresh()
 
     def set_reference(self, reference: int, index: int | None = None) -> None:
@@ -219,7 +243,7 @@ class MultiBoxDrawer(LabWidget):
         self.pair_buttons.children = [self._pair_button(n) for n in range(len(self.pairs))]
         self.remove_button.disabled = sel is None
         self.ref_choice.disabled = sel is None
-        self.legend.value = self.legend_html()
+        self.legend.value = legend_html(self)
         if self._saved is not None:
             unsaved = unsaved_text(self._saved, self.to_json(self._saved[0].parent))
             self.status.value = status_html(unsaved, "warn") if unsaved else status_html(
@@ -234,25 +258,6 @@ class MultiBoxDrawer(LabWidget):
         b.style.font_weight = "bold" if n == self.selected else "normal"
         b.on_click(lambda _, n=n: self.select(n))
         return b
-
-    def legend_html(self) -> str:
-        if not self.pairs:
-            return "<i>no pairs: press 'Add pair', or draw a box on the structure image</i>"
-        rows = []
-        for n, p in enumerate(self.pairs):
-            tc, rc = (render.css(c) for c in self.colors(n))
-            sw = "<span style='display:inline-block;width:12px;height:12px;background:{}'></span>"
-            mark = "&#9654; " if n == self.selected else ""
-            rows.append(
-                f"<tr><td>{mark}<b>pair {n + 1}</b></td><td>{sw.format(tc)} target "
-                f"{_box_text(p.target_box)}</td><td>takes colours from</td>"
-                f"<td>{sw.format(rc)} {html.escape(self.references[p.reference].name)} "
-                f"{_box_text(p.appearance_box)}</td></tr>")
-        warnings = "".join(f"<br>{status_html('warning: ' + w, 'warn')}" for w in
-                           overlap_warnings([p.target_box for p in self.pairs]))
-        return ("<table style='border-spacing:8px 1px'>" + "".join(rows) + "</table><small>"
-                "boxes in model pixels; click a pair's box on an image to edit that pair"
-                f"</small>{warnings}")
 
     # ------------------------------------------------------------------ output --
     def objects(self) -> list[ObjectSpec]:

@@ -6,6 +6,7 @@ events while it runs (the Stop button, the other viewers). Stop sets a
 inversion-progress callback checks between two UNet batches of an inversion. Inversions are
 reused from the ``Lab`` cache: a change of guidance, ranges or injection mode re-runs
 only the denoising (seed, FreeU and the step count change the inversion itself).
+Either image can be replaced by an upload or a path (:class:`~widgets.image_source.ImageSource`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from e4e_lab.method.masks import full_mask
 from . import render
 from .background import BackgroundRun
 from .common import LabWidget, captioned, image_widget, set_image, status_html
+from .image_source import ImageSource
 from .run_labels import guidance_text, ignored
 
 # config fields the panel controls
@@ -70,12 +72,17 @@ class TransferPanel(BackgroundRun, LabWidget):
         for control in (self.injection, self.adain):
             control.observe(lambda _: self._on_mode(), names="value")
         self._on_mode()
+        self.sources = {role: ImageSource(
+            lab, pair.size, lambda image, role=role: self.replace_image(role, image),
+            label=role, fit=getattr(pair, role).fit, resample=getattr(pair, role).resample,
+            thumb=96, current=getattr(pair, role)) for role in ("appearance", "structure")}
 
         controls = W.VBox([self.injection, self.mode_note, self.correspondence, self.guidance,
                            self.skip_steps, self.feat_range, W.HBox([self.adain, self.mask]),
                            self.adain_range, self.freeu, self.seed,
                            W.HBox([self.preview_every, self.preview_mode])])
         self.widget = self._frame(
+            W.HBox([s.widget for s in self.sources.values()]),
             controls, W.HBox([self.run_button, self.stop_button]), self.progress, self.status,
             W.HBox([captioned(self.preview, "predicted x0 (live)"),
                     W.VBox([W.HTML("<b>structure | appearance | result</b>"),
@@ -160,6 +167,17 @@ class TransferPanel(BackgroundRun, LabWidget):
         full_a, full_s = full_mask(self.pair.appearance.size), full_mask(self.pair.structure.size)
         return dataclasses.replace(self.pair, appearance_mask=full_a, structure_mask=full_s,
                                    mask_mode=MaskMode.NONE)
+
+    def replace_image(self, role: str, image) -> None:
+        """Run on another ``role`` image (``appearance`` or ``structure``, at the pair's
+        size): it has no box yet, so its mask is the whole image; the other image keeps
+        its box and mask. The next run inverts the new image once."""
+        self.pair = dataclasses.replace(self.pair, **{
+            role: image, f"{role}_box": None, f"{role}_mask": full_mask(image.size)})
+        self._mark_stale(f"the {role} image changed")
+        self.status.value = status_html(
+            f"new {role} image '{image.name}', masked as a whole (draw its box in the box "
+            "drawer for an object mask): press Run", "ok")
 
     # ------------------------------------------------------------ run, stop --
     def run(self, block: bool = False) -> bool:

@@ -11,6 +11,7 @@ by :mod:`e4e_lab.method.masks`.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import warnings
@@ -33,7 +34,8 @@ MAX_PIXELS = 64_000_000
 #: Background on which transparent images are composited (RGB 0-255).
 DEFAULT_BACKGROUND = (255, 255, 255)
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor, bytes, bytearray,
+                  memoryview, io.BytesIO]
 
 
 @dataclass
@@ -76,24 +78,46 @@ def open_image(path: Path) -> Image.Image:
     files with an :class:`ImageError` that names the file."""
     if require_regular_file(path, "image", ImageError).st_size == 0:
         raise ImageError(f"image '{path}' is an empty file (0 bytes)")
+    return _decode(path, str(path))
+
+
+#: Encoded bytes given in memory (an upload) larger than this are refused unread.
+MAX_ENCODED_BYTES = 256 * 2**20
+BytesLike = Union[bytes, bytearray, memoryview, io.BytesIO]
+
+
+def open_image_bytes(data: BytesLike, name: str = "upload") -> Image.Image:
+    """Decode an encoded image (PNG, JPEG...) held in memory, e.g. the bytes of a
+    notebook upload, with the checks and messages of :func:`open_image`."""
+    raw = data.getvalue() if isinstance(data, io.BytesIO) else bytes(data)
+    if not raw:
+        raise ImageError(f"image '{name}' is empty (0 bytes)")
+    if len(raw) > MAX_ENCODED_BYTES:
+        raise ImageError(f"image '{name}' is {len(raw) / 2**20:.0f} MiB, over the "
+                         f"{MAX_ENCODED_BYTES // 2**20} MiB limit for an image: downscale it")
+    return _decode(io.BytesIO(raw), name)
+
+
+def _decode(fp, name: str) -> Image.Image:
+    """Open and fully decode ``fp`` (a path or a binary buffer) named ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(fp)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image '{path}' declares absurdly large dimensions ({exc}); "
+        raise ImageError(f"image '{name}' declares absurdly large dimensions ({exc}); "
                          f"refused before decoding (limit {MAX_PIXELS / 1e6:.0f} MP): "
                          "downscale it first") from None
     except UnidentifiedImageError as exc:
-        raise ImageError(f"image '{path}' cannot be read as an image ({exc}); "
+        raise ImageError(f"image '{name}' cannot be read as an image ({exc}); "
                          "give a PNG, JPEG, WebP or other format Pillow reads") from None
     except OSError as exc:
-        raise ImageError(f"image '{path}' cannot be opened: {exc}") from None
-    _check_dimensions(img.size, str(path))
+        raise ImageError(f"image '{name}' cannot be opened: {exc}") from None
+    _check_dimensions(img.size, name)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"image '{path}' is damaged or truncated ({exc}); "
+        raise ImageError(f"image '{name}' is damaged or truncated ({exc}); "
                          "re-export or re-download it") from None
     return img
 
@@ -199,12 +223,15 @@ def load_image(source: ImageLike, size: int | tuple[int, int] = 512, fit: str = 
                name: str | None = None,
                background: tuple[int, int, int] = DEFAULT_BACKGROUND,
                resample: str = "bicubic") -> LoadedImage:
-    """Load a file path, PIL image, (H, W[, C]) uint8 array or (3, H, W) tensor in [0, 1]."""
+    """Load a file path, PIL image, (H, W[, C]) uint8 array, (3, H, W) tensor in [0, 1],
+    or the encoded bytes of an image file (``bytes`` or ``io.BytesIO``, e.g. an upload)."""
     src = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         src, name = str(path), name or path.name
         img = open_image(path)
+    elif isinstance(source, (bytes, bytearray, memoryview, io.BytesIO)):
+        img = open_image_bytes(source, name or "upload")
     elif isinstance(source, Image.Image):
         _check_dimensions(source.size, name or "image")
         img = source
@@ -214,7 +241,7 @@ def load_image(source: ImageLike, size: int | tuple[int, int] = 512, fit: str = 
         img = Image.fromarray(to_uint8(_tensor_pixels(source, name or "tensor")))
     else:
         raise ImageError(f"cannot load an image from a {type(source).__name__}: give a path, "
-                         "a PIL image, a numpy array or a (3, H, W) tensor")
+                         "a PIL image, a numpy array, a (3, H, W) tensor or an image file's bytes")
     name = name or "image"
     upright = to_rgb(img, background)
     original = upright.size  # after EXIF orientation: the size the user sees
