@@ -3,13 +3,22 @@ single or a multi-object pair, and never written over another run."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from e4e_lab.io.outputs import OutputExistsError, check_output, safe_name, save_run
+from e4e_lab.evaluation import evaluate as evaluation
+from e4e_lab.io import outputs
+from e4e_lab.io.outputs import (OutputError, OutputExistsError, OutputTransaction,
+                                check_output, safe_name, save_run)
 
 from conftest import SMALL, assert_names
 
@@ -89,18 +98,6 @@ def test_save_run_reads_single_and_multi_pairs_through_their_protocol(lab, image
 # Output folders as transactions (issue 15): a run claims its folder, writes into a
 # staging folder beside it and moves it into place only when complete; a failure, a full
 # disk or Ctrl-C leaves the previous run as it was; files and folders follow the umask.
-
-import errno  # noqa: E402
-import os  # noqa: E402
-import stat  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-import torch  # noqa: E402
-
-from e4e_lab.evaluation import evaluate as evaluation  # noqa: E402
-from e4e_lab.io import outputs  # noqa: E402
-from e4e_lab.io.outputs import OutputError, OutputTransaction  # noqa: E402
 
 
 def _files(folder):
