@@ -11,7 +11,7 @@ read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
 
     drawer = MultiBoxDrawer(lab, structure, [cat, cup], pairs="example/multi_pairs.json")
     drawer.select(1); drawer.target.set_box([30, 2, 62, 60])
-    multi = drawer.multi_pair(mask="box")           # a MultiPair for lab.transfer_multi
+    multi = drawer.multi_pair(mask="box")           # a MultiPair for lab.transfer
 """
 
 from __future__ import annotations
