@@ -13,6 +13,8 @@ methods (callable from tests without a browser), and ``.widget`` is what to disp
 - :class:`MultiBoxDrawer`: paired target / reference boxes for multi-object transfer
 - :class:`ComparisonGrid`: Eye-for-an-eye modes and baselines on one pair, scored
 - :class:`PartExplorer`: joint DIFT parts of a pair and their confusion matrix
+- :class:`SweepPanel`: a grid of runs over one or two parameters, as a contact sheet
+- :class:`ImageSource`: upload an image or give its path (used by the drawers and panel)
 - ``widgets.figures``: static matplotlib figures for the notebooks
 """
 
@@ -22,13 +24,15 @@ from .common import banner_html, banner_widget, has_banner, open_lab, show_banne
 from .compare import ComparisonGrid
 from .correspondence import CorrespondenceExplorer
 from .gallery import RunGallery, RunRecord
+from .image_source import ImageSource
 from .masks import MaskEditor, PairMaskEditor
 from .pairs import MultiBoxDrawer, ObjectPair
 from .parts import PartExplorer
+from .sweep import SweepPanel
 from .transfer_panel import TransferPanel
 
 __all__ = ["AttentionViewer", "BoxDrawer", "ComparisonGrid", "CorrespondenceExplorer",
-           "ExtraBox", "MaskEditor", "MultiBoxDrawer", "ObjectPair", "PairBoxDrawer",
-           "PairMaskEditor", "PartExplorer", "RunGallery", "RunRecord", "TransferPanel",
+           "ExtraBox", "ImageSource", "MaskEditor", "MultiBoxDrawer", "ObjectPair", "PairBoxDrawer",
+           "PairMaskEditor", "PartExplorer", "RunGallery", "RunRecord", "SweepPanel", "TransferPanel",
            "banner_html", "banner_widget", "has_banner", "open_lab", "show_banner",
            "widget_text"]

@@ -8,5 +8,6 @@
 - ``config_diff.py``: fields that differ between runs' configs;
 - ``adain_demo.py``: masked AdaIN on one latent, with its statistics;
 - ``parts.py``: joint k-means parts of a pair and the part confusion;
-- ``metrics.py``: the weights-free scores of a result.
+- ``metrics.py``: the weights-free scores of a result;
+- ``sweep.py``: a grid of transfers over one or two config fields, and its contact sheet.
 """
