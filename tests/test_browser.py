@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from browser_lab import CHROMIUM_FLAGS, LabPage, LabServer, find_chromium
-from test_notebooks import BANNER, EXPECTED, SMALL, extra_parameters
+from notebook_cases import BANNER, EXPECTED, SMALL, extra_parameters
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -78,3 +78,53 @@ def test_no_hard_coded_cuda():
         for line in text.splitlines():
             if placing.search(line):
                 assert path.name == "loading.py", (path, line)
+
+
+# ---------------------------------------------------------------- the shape --
+
+UI_MODULES = ("ipywidgets", "IPython", "ipycanvas", "widgets")
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 360  # "about 350"
+
+
+def _sources(*folders):
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield path, ast.parse(path.read_text(), str(path))
+
+
+def _imported(tree) -> set[str]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_library_imports_no_ui():
+    """e4e_lab is the method; the UI (widgets, figures) is built on it, never inside it."""
+    bad = [f"{p.relative_to(ROOT)} imports {m}" for p, tree in _sources("e4e_lab")
+           for m in sorted(_imported(tree) & set(UI_MODULES))]
+    assert not bad, bad
+
+
+def test_functions_and_modules_stay_short():
+    long = []
+    for path, tree in _sources("e4e_lab", "widgets"):
+        where = path.relative_to(ROOT)
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES:
+            long.append(f"{where}: {lines} lines")
+        long += [f"{where}:{n.lineno} {n.name}() {n.end_lineno - n.lineno + 1} lines"
+                 for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
+def test_no_test_module_imports_another():
+    """Shared fixtures and helpers live in conftest.py and the tests' helper modules."""
+    bad = [f"{p.name} imports {m}" for p, tree in _sources("tests")
+           for m in sorted(_imported(tree)) if m.startswith("test_")]
+    assert not bad, bad
