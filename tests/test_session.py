@@ -225,3 +225,38 @@ def test_a_busy_model_is_refused_at_once_or_waited_for(lab, build_pair, fast_con
         worker.join(30)
     blocker.join(60)
     assert len(waited) == 1
+
+
+# ---------------------------------------------------------------------------------
+# Issue 15: the session's inversions do not depend on what its cache holds, and a cache
+# folder it cannot use costs one warning, not the run.
+
+
+def test_session_inversions_do_not_depend_on_the_cache(models, images, fast_config, tmp_path):
+    """``cat->coffee_cup`` then ``cat->horse`` in one session (and in the next one on the
+    same cache) equals ``cat->horse`` in a session on a clean cache, bit for bit."""
+    cup_pixels = images[0].flip(-1) * 0.5 + images[1] * 0.5
+    clean = Lab(models=models, cache_dir=tmp_path / "clean")
+    cat, horse = (clean.load_image(im, SMALL, name=n)
+                  for im, n in zip(images, ("cat.png", "horse.png")))
+    want = clean.invert([cat, horse], fast_config)
+    busy = Lab(models=models, cache_dir=tmp_path / "busy")
+    busy.invert([cat, busy.load_image(cup_pixels, SMALL, name="coffee_cup.png")], fast_config)
+    for lab in (busy, Lab(models=models, cache_dir=tmp_path / "busy")):
+        got = lab.invert([cat, horse], fast_config)
+        for g, w in zip(got, want):
+            assert torch.equal(g.xts, w.xts) and torch.equal(g.zs, w.zs)
+
+
+def test_a_cache_dir_that_is_a_file_runs_uncached_with_one_warning(models, build_pair,
+                                                                   fast_config, tmp_path,
+                                                                   caplog, reference_run):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a file")
+    with caplog.at_level("WARNING"):
+        lab = Lab(models=models, cache_dir=not_a_folder)
+        result = lab.transfer(build_pair(lab, boxes=True), fast_config)
+    assert torch.equal(result.image, reference_run[0].image)
+    warnings = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(warnings) == 1 and str(not_a_folder) in warnings[0]
+    assert not_a_folder.read_text() == "a file"
