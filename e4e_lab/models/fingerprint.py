@@ -43,15 +43,17 @@ def _source_folder(obj) -> Path | None:
     return path if path is not None and path.is_dir() else None
 
 
-def _memo_path(folder: Path) -> Path | None:
+def _memo_path(folder: Path) -> Path:
     from ..io.paths import cache_root
 
     where = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:32]
     return cache_root() / "weight-digests" / f"{where}.json"
 
 
-def _read_memo(path: Path | None, stats: list) -> str | None:
+def _read_memo(path: Path, stats: list) -> str | None:
     try:
+        if not path.is_file():  # missing, or something that must not be opened (a FIFO)
+            return None
         memo = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, AttributeError):
         return None
@@ -62,7 +64,7 @@ def files_digest(folder: Path, suffixes: tuple[str, ...] | None = WEIGHT_SUFFIXE
     """SHA-256 of the files in ``folder`` (those ending in ``suffixes``; all with None),
     names and contents; None when there are none. Reused from the memo while every
     file's size and modification time are unchanged."""
-    from ..io.cache import atomic_write_text
+    from ..io.cache import atomic_write_text, sweep_stale
 
     files = sorted(p for p in folder.iterdir() if p.is_file()
                    and (suffixes is None or p.name.endswith(suffixes)))
@@ -83,6 +85,7 @@ def files_digest(folder: Path, suffixes: tuple[str, ...] | None = WEIGHT_SUFFIXE
                 h.update(block)
     digest = h.hexdigest()
     try:
+        sweep_stale(memo.parent, ".*.tmp")
         atomic_write_text(memo, json.dumps({"folder": str(folder), "files": stats,
                                             "digest": digest}))
     except OSError as exc:  # an unusable cache only costs the hashing next time
