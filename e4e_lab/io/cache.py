@@ -273,6 +273,8 @@ class TensorCache:
         if self._kind(path) == "other":
             _refused(path)
             return None
+        if not self.writable:  # the folder turned out unusable just now
+            return None
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {"format": FORMAT, "key": key, "spec": json.dumps(spec, sort_keys=True),
                 "sha256": tensors_digest(tensors)}
