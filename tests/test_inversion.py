@@ -173,3 +173,25 @@ def test_changed_unet_weights_do_not_reuse_old_inversions(three, tmp_path):
     (clean,) = invert(changed, three[:1], cfg, cache=TensorCache(tmp_path / "clean", "inv"))
     assert not after.from_cache and after.key != before.key
     assert _same(after, clean) and not torch.equal(after.zs, before.zs)
+
+
+def test_each_inversion_is_cached_as_soon_as_it_is_done(models, three, tmp_path, monkeypatch):
+    """A run killed while the second image is inverted keeps the first one's entry."""
+    from e4e_lab.method import inversion
+
+    cfg = InversionConfig(num_steps=6)
+    real, calls = inversion._invert_one, []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands for the kill
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inversion, "_invert_one", dies_on_the_second)
+    cache = TensorCache(tmp_path, "inv")
+    with pytest.raises(KeyboardInterrupt):
+        invert(models, three[:2], cfg, cache=cache)
+    monkeypatch.setattr(inversion, "_invert_one", real)
+    again = invert(models, three[:2], cfg, cache=cache)
+    assert again[0].from_cache and not again[1].from_cache

@@ -182,10 +182,12 @@ def _invert_one(models: Models, image: LoadedImage, config: InversionConfig, chu
 def invert_uncached(models: Models, images: Sequence[LoadedImage], config: InversionConfig,
                     batch_size: int | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    chunks: Sequence[int] | None = None) -> list[tuple]:
+                    chunks: Sequence[int] | None = None,
+                    on_result: Callable[[int, tuple], None] | None = None) -> list[tuple]:
     """Invert several images, one after the other (see :func:`_invert_one`: an image's
     result does not depend on the others); returns [(xts, zs, timesteps)] per image.
-    ``chunks`` (one per image) overrides :func:`unet_chunk`'s choice from ``batch_size``."""
+    ``chunks`` (one per image) overrides :func:`unet_chunk`'s choice from ``batch_size``;
+    ``on_result(n, result)`` is called as soon as image ``n`` is done."""
     if chunks is None:
         chunks = [unet_chunk(models, im, batch_size) for im in images]
     embeddings = text_embeddings(models, config.prompt)
@@ -197,8 +199,12 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
         if progress is not None:
             progress(done[0], total)
 
-    return [_invert_one(models, im, config, c, embeddings, step)
-            for im, c in zip(images, chunks)]
+    results = []
+    for n, (image, chunk) in enumerate(zip(images, chunks)):
+        results.append(_invert_one(models, image, config, chunk, embeddings, step))
+        if on_result is not None:
+            on_result(n, results[-1])
+    return results
 
 
 def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfig,
@@ -221,9 +227,15 @@ def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfi
     unique = list(dict.fromkeys(keys[i] for i in todo))
     if unique:
         first = {k: next(i for i in todo if keys[i] == k) for k in unique}
+
+        def store(n: int, result: tuple) -> None:  # at once: a kill later keeps it
+            if cache is not None:
+                key = unique[n]
+                cache.put(key, specs[first[key]], dict(zip(("xts", "zs", "timesteps"), result)))
+
         try:
             computed = invert_uncached(models, [images[first[k]] for k in unique], config,
-                                       progress=progress,
+                                       progress=progress, on_result=store,
                                        chunks=[chunks[first[k]] for k in unique])
         except torch.cuda.OutOfMemoryError:
             w, h = images[first[unique[0]]].size
@@ -232,8 +244,6 @@ def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfi
                 "reduce the inversion batch size (batch_size=) or --size, or close other "
                 "GPU programs") from None
         for key, (xts, zs, ts) in zip(unique, computed):
-            if cache is not None:
-                cache.put(key, specs[first[key]], {"xts": xts, "zs": zs, "timesteps": ts})
             for i in todo:
                 if keys[i] == key:
                     found[i] = InversionResult(images[i].name, xts, zs, ts, config, key)
