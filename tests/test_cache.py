@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from e4e_lab.io.cache import TensorCache, key_of
 
+from conftest import dead_pid
 from strategies import json_values
 
 
@@ -145,16 +146,6 @@ def test_entries_of_any_tensors_read_back_exactly(tensors, spec):
 # the permissions of written files.
 
 
-def _dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def _unusable_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
 
@@ -187,7 +178,7 @@ def test_temporary_files_left_by_a_killed_writer_are_removed_on_the_next_start(t
     folder.mkdir()
     key = "a" * 64
     dead = folder / temp_name(f".{key}.safetensors").replace(
-        f"-{os.getpid()}-", f"-{_dead_pid()}-")
+        f"-{os.getpid()}-", f"-{dead_pid()}-")
     dead = dead.with_name(dead.name + ".tmp")
     live = folder / (temp_name(f".{key}.safetensors") + ".tmp")  # this process: kept
     old_style = folder / f".{key}.safetensors.k3j2h1.tmp"  # no pid recorded: by age

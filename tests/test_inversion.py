@@ -11,7 +11,7 @@ from e4e_lab.method.config import InversionConfig
 from e4e_lab.method.images import load_image
 from e4e_lab.method.inversion import cache_spec, invert, invert_uncached, reconstruct
 
-from conftest import SMALL
+from conftest import SMALL, perturb_weights
 
 
 def test_round_trip_is_exact(models, images):
@@ -156,7 +156,6 @@ def test_changed_unet_weights_do_not_reuse_old_inversions(three, tmp_path):
 
     from e4e_lab.models import load_pipeline, tiny_model_path
 
-    from test_models import _perturb
 
     cfg = InversionConfig(num_steps=6)
     folder = tmp_path / "model"
@@ -167,7 +166,7 @@ def test_changed_unet_weights_do_not_reuse_old_inversions(three, tmp_path):
     (moved,) = invert(load_pipeline(str(tmp_path / "moved"), device="cpu"), three[:1], cfg,
                       cache=cache)
     assert moved.from_cache and _same(moved, before)
-    _perturb(tmp_path / "moved", "unet", "diffusion_pytorch_model.safetensors")
+    perturb_weights(tmp_path / "moved", "unet", "diffusion_pytorch_model.safetensors")
     changed = load_pipeline(str(tmp_path / "moved"), device="cpu")
     (after,) = invert(changed, three[:1], cfg, cache=cache)
     (clean,) = invert(changed, three[:1], cfg, cache=TensorCache(tmp_path / "clean", "inv"))

@@ -15,7 +15,7 @@ from e4e_lab.models import BANNERS, TINY_WARNING, load_pipeline, tiny_model_path
 from e4e_lab.models.dift import dift_features
 from e4e_lab.models.loading import default_dtype
 
-from conftest import SMALL, assert_names
+from conftest import SMALL, assert_names, dead_pid, perturb_weights
 
 
 def test_tokenizer_is_real_clip_bpe(models):
@@ -201,17 +201,6 @@ def test_a_build_without_weights_is_refused_and_not_cached(tmp_path):
 # every component, not the folder's path; damaged or interrupted tiny builds.
 
 
-def _perturb(folder, component: str, file: str) -> None:
-    """Change one weight of ``folder/component/file`` (same config, same tensor names)."""
-    from safetensors.torch import load_file, save_file
-
-    path = folder / component / file
-    state = load_file(str(path))
-    name = sorted(state)[0]
-    state[name] = state[name] + 0.01
-    save_file(state, str(path), metadata={"format": "pt"})
-
-
 def test_fingerprint_follows_the_weights_not_the_folder(tmp_path):
     import shutil
 
@@ -225,7 +214,7 @@ def test_fingerprint_follows_the_weights_not_the_folder(tmp_path):
     for component, file in (("unet", "diffusion_pytorch_model.safetensors"),
                             ("vae", "diffusion_pytorch_model.safetensors"),
                             ("text_encoder", "model.safetensors")):
-        _perturb(moved, component, file)
+        perturb_weights(moved, component, file)
         fingerprint = load_pipeline(str(moved), device="cpu").fingerprint
         assert fingerprint not in seen, component
         seen.add(fingerprint)
@@ -296,14 +285,13 @@ def test_staging_folders_of_killed_builds_are_removed(tmp_path):
     from e4e_lab.io.cache import temp_name
     from e4e_lab.models.tiny import build_once
 
-    from test_cache import _dead_pid
 
     def build(folder):
         (folder / "E4E_TINY_MODEL.txt").write_text("tiny")
 
     target = tmp_path / "models" / "tiny-x"
     target.parent.mkdir(parents=True)
-    dead = target.parent / temp_name(".tiny-x").replace(f"-{os.getpid()}-", f"-{_dead_pid()}-")
+    dead = target.parent / temp_name(".tiny-x").replace(f"-{os.getpid()}-", f"-{dead_pid()}-")
     old_style = target.parent / ".tiny-x-8cj3k2"  # what tempfile.mkdtemp used to name them
     live = target.parent / temp_name(".tiny-x")
     for folder in (dead, old_style, live):
