@@ -306,12 +306,15 @@ class Lab:
 
         inv_cfg = config.inversion
         keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]
-        missing = [im for im, k in zip(images, keys) if k not in self._inversions]
+        missing = [n for n, k in enumerate(keys) if k not in self._inversions]
         if missing:
             with self.models.in_use():
-                for res in invert(self.models, missing, inv_cfg, cache=self.disk_cache,
-                                  progress=progress):
-                    self._inversions[res.key] = res
+                done = invert(self.models, [images[n] for n in missing], inv_cfg,
+                              cache=self.disk_cache, progress=progress)
+            # by position: on a GPU the chunk size in the key follows the free memory,
+            # which may have changed since ``keys`` were made
+            for n, res in zip(missing, done):
+                self._inversions[keys[n]] = res
         return [self._inversions[k] for k in keys]
 
     def forget_inversions(self) -> None:

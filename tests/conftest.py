@@ -15,7 +15,8 @@ into the session's temporary folder. What most tests share:
   recovered run must equal bit for bit.
 
 Plain helpers (``from conftest import ...``): ``SMALL``, the boxes, ``assert_names``,
-``disc`` and ``identity_field``. Hypothesis settings are in ``strategies.py``, widget drivers in
+``disc``, ``identity_field``, ``perturb_weights`` (change one weight of a saved model) and
+``dead_pid`` (the pid of an exited process). Hypothesis settings are in ``strategies.py``, widget drivers in
 ``widget_helpers.py``.
 """
 
@@ -167,6 +168,27 @@ def identity_field(h: int, w: int):
     from e4e_lab.method.correspondence import CorrespondenceField
 
     return CorrespondenceField(torch.arange(h * w), torch.ones(h * w), (h, w), (h, w))
+
+
+def perturb_weights(folder, component: str, file: str) -> None:
+    """Change one weight of ``folder/component/file`` (same config, same tensor names)."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / component / file
+    state = load_file(str(path))
+    name = sorted(state)[0]
+    state[name] = state[name] + 0.01
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def call_with_timeout(fn, fifo=None, timeout: float = 20.0):

@@ -11,7 +11,7 @@ from e4e_lab.method.config import InversionConfig
 from e4e_lab.method.images import load_image
 from e4e_lab.method.inversion import cache_spec, invert, invert_uncached, reconstruct
 
-from conftest import SMALL
+from conftest import SMALL, perturb_weights
 
 
 def test_round_trip_is_exact(models, images):
@@ -75,3 +75,122 @@ def test_inversion_recomputes_a_corrupt_entry(models, tmp_path, images, caplog, 
     assert third.from_cache and torch.equal(third.xts, first.xts)
     assert sorted(p.suffix for p in cache.folder.iterdir() if p.suffix != ".lock") \
         == [".safetensors"]
+
+
+# ---------------------------------------------------------------------------------
+# Issue 15: an image's inversion is bit-identical whether it is inverted alone, with a
+# partner, or after a partner came from the cache; keys follow the model's weights.
+
+
+@pytest.fixture(scope="module")
+def three(images):
+    """cat, horse and coffee_cup: the test images and a third one."""
+    third = images[0].flip(-1) * 0.5 + images[1] * 0.5
+    return [load_image(im, SMALL, name=n) for im, n in
+            zip((images[0], images[1], third), ("cat.png", "horse.png", "coffee_cup.png"))]
+
+
+def _same(a, b) -> bool:
+    return torch.equal(a.xts, b.xts) and torch.equal(a.zs, b.zs) and \
+        torch.equal(a.timesteps, b.timesteps)
+
+
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_an_image_inverted_alone_equals_it_inverted_in_a_batch(models, three, batch_size):
+    cfg = InversionConfig(num_steps=10)
+    cat, horse, cup = three
+    both = invert_uncached(models, [cat, horse], cfg, batch_size=batch_size)
+    for image, batched in ((cat, both[0]), (horse, both[1])):
+        (alone,) = invert_uncached(models, [image], cfg, batch_size=batch_size)
+        assert all(torch.equal(x, y) for x, y in zip(alone, batched))
+    (other,) = invert_uncached(models, [cup, horse], cfg, batch_size=batch_size)[1:]
+    assert all(torch.equal(x, y) for x, y in zip(other, both[1]))
+
+
+def test_what_the_cache_holds_never_changes_a_result(models, three, tmp_path):
+    """cat->coffee_cup then cat->horse equals cat->horse on a clean cache."""
+    cfg = InversionConfig(num_steps=10)
+    cat, horse, cup = three
+    clean = invert(models, [cat, horse], cfg, cache=TensorCache(tmp_path / "clean", "inv"))
+    warm = TensorCache(tmp_path / "warm", "inv")
+    invert(models, [cat, cup], cfg, cache=warm)
+    again = invert(models, [cat, horse], cfg, cache=warm)
+    assert again[0].from_cache and not again[1].from_cache
+    assert _same(again[0], clean[0]) and _same(again[1], clean[1])
+
+
+@pytest.mark.parametrize("kill", ["before-rename", "truncated-entry"])
+def test_a_rerun_after_a_kill_during_a_cache_write_equals_a_clean_run(models, three, tmp_path,
+                                                                      kill):
+    """A SIGKILL during the second entry's write leaves a partial temporary file (before
+    the rename) or, on a file system without atomic renames, a truncated entry."""
+    cfg = InversionConfig(num_steps=10)
+    cat, horse, _ = three
+    clean = invert(models, [cat, horse], cfg, cache=TensorCache(tmp_path / "clean", "inv"))
+    killed = TensorCache(tmp_path / "killed", "inv")
+    invert(models, [cat, horse], cfg, cache=killed)
+    entry = killed.path(clean[1].key)
+    data = entry.read_bytes()
+    if kill == "before-rename":
+        import os
+
+        from e4e_lab.io.cache import temp_name
+
+        entry.unlink()
+        dead = temp_name(f".{entry.name}").replace(f"-{os.getpid()}-", "-999999999-")
+        (entry.parent / f"{dead}.tmp").write_bytes(data[: len(data) // 2])
+    else:
+        entry.write_bytes(data[: len(data) // 2])
+    rerun = TensorCache(tmp_path / "killed", "inv")  # the next start
+    again = invert(models, [cat, horse], cfg, cache=rerun)
+    assert again[0].from_cache and not again[1].from_cache
+    assert _same(again[0], clean[0]) and _same(again[1], clean[1])
+    assert sorted(p.suffix for p in rerun.folder.iterdir() if p.suffix != ".lock") \
+        == [".safetensors", ".safetensors"]  # the leftover is gone
+
+
+def test_changed_unet_weights_do_not_reuse_old_inversions(three, tmp_path):
+    """A local model folder whose UNet weights changed (same config): its old entries
+    are not reused, and the result equals a clean-cache run; a moved folder keeps them."""
+    import shutil
+
+    from e4e_lab.models import load_pipeline, tiny_model_path
+
+
+    cfg = InversionConfig(num_steps=6)
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path(), folder)
+    cache = TensorCache(tmp_path / "cache", "inv")
+    (before,) = invert(load_pipeline(str(folder), device="cpu"), three[:1], cfg, cache=cache)
+    folder.rename(tmp_path / "moved")
+    (moved,) = invert(load_pipeline(str(tmp_path / "moved"), device="cpu"), three[:1], cfg,
+                      cache=cache)
+    assert moved.from_cache and _same(moved, before)
+    perturb_weights(tmp_path / "moved", "unet", "diffusion_pytorch_model.safetensors")
+    changed = load_pipeline(str(tmp_path / "moved"), device="cpu")
+    (after,) = invert(changed, three[:1], cfg, cache=cache)
+    (clean,) = invert(changed, three[:1], cfg, cache=TensorCache(tmp_path / "clean", "inv"))
+    assert not after.from_cache and after.key != before.key
+    assert _same(after, clean) and not torch.equal(after.zs, before.zs)
+
+
+def test_each_inversion_is_cached_as_soon_as_it_is_done(models, three, tmp_path, monkeypatch):
+    """A run killed while the second image is inverted keeps the first one's entry."""
+    from e4e_lab.method import inversion
+
+    cfg = InversionConfig(num_steps=6)
+    real, calls = inversion._invert_one, []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands for the kill
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inversion, "_invert_one", dies_on_the_second)
+    cache = TensorCache(tmp_path, "inv")
+    with pytest.raises(KeyboardInterrupt):
+        invert(models, three[:2], cfg, cache=cache)
+    monkeypatch.setattr(inversion, "_invert_one", real)
+    again = invert(models, three[:2], cfg, cache=cache)
+    assert again[0].from_cache and not again[1].from_cache

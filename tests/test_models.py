@@ -15,7 +15,7 @@ from e4e_lab.models import BANNERS, TINY_WARNING, load_pipeline, tiny_model_path
 from e4e_lab.models.dift import dift_features
 from e4e_lab.models.loading import default_dtype
 
-from conftest import SMALL, assert_names
+from conftest import SMALL, assert_names, dead_pid, perturb_weights
 
 
 def test_tokenizer_is_real_clip_bpe(models):
@@ -224,3 +224,128 @@ def test_a_build_without_weights_is_refused_and_not_cached(tmp_path):
         build_once(target, weightless)
     assert not target.exists() and not [p for p in target.parent.iterdir()
                                         if p.is_dir()]  # no staging folder left either
+
+
+# ---------------------------------------------------------------------------------
+# Issue 15: the model fingerprint (the inversion cache's key) covers the weights of
+# every component, not the folder's path; damaged or interrupted tiny builds.
+
+
+def test_fingerprint_follows_the_weights_not_the_folder(tmp_path):
+    import shutil
+
+    first = tmp_path / "first"
+    shutil.copytree(tiny_model_path(), first)
+    base = load_pipeline(str(first), device="cpu").fingerprint
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert load_pipeline(str(moved), device="cpu").fingerprint == base  # moving keeps it
+    seen = {base}
+    for component, file in (("unet", "diffusion_pytorch_model.safetensors"),
+                            ("vae", "diffusion_pytorch_model.safetensors"),
+                            ("text_encoder", "model.safetensors")):
+        perturb_weights(moved, component, file)
+        fingerprint = load_pipeline(str(moved), device="cpu").fingerprint
+        assert fingerprint not in seen, component
+        seen.add(fingerprint)
+    sched = moved / "scheduler" / "scheduler_config.json"
+    sched.write_text(sched.read_text().replace('"beta_end": 0.012', '"beta_end": 0.013'))
+    assert load_pipeline(str(moved), device="cpu").fingerprint not in seen
+
+
+def test_weight_files_are_hashed_once_per_folder_while_size_and_mtime_hold(tmp_path):
+    """The digest is kept in the cache keyed by each file's size and mtime: proven by
+    changing a file's bytes behind the memo's back (same size, mtime restored)."""
+    import os
+
+    from e4e_lab.models.fingerprint import files_digest
+
+    (tmp_path / "w.safetensors").write_bytes(b"A" * 100)
+    (tmp_path / "config.json").write_text("{}")  # not a weight file
+    digest = files_digest(tmp_path)
+    st = (tmp_path / "w.safetensors").stat()
+    (tmp_path / "w.safetensors").write_bytes(b"B" * 100)
+    os.utime(tmp_path / "w.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files_digest(tmp_path) == digest  # memo reused: not re-read
+    (tmp_path / "w.safetensors").write_bytes(b"B" * 100)  # a new mtime: recomputed
+    assert files_digest(tmp_path) != digest
+
+
+def test_in_memory_weights_are_digested_from_the_state_dict(models):
+    import copy
+
+    from e4e_lab.models.fingerprint import model_fingerprint
+
+    class Pipe:  # the same components, but no folder behind the UNet
+        pass
+
+    pipe = Pipe()
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        setattr(pipe, name, getattr(models.pipe, name))
+    pipe.unet = copy.deepcopy(models.unet)
+    pipe.unet.register_to_config(_name_or_path="")
+    base = model_fingerprint(pipe)
+    assert base == model_fingerprint(pipe)
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(0.01)
+    assert model_fingerprint(pipe) != base
+
+
+def test_a_cached_tiny_model_with_truncated_weights_is_rebuilt(tmp_path, caplog):
+    from e4e_lab.models.tiny import _verify_tiny
+
+    folder = tiny_model_path(tmp_path)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as fh:
+        fh.truncate(size // 3)
+    with caplog.at_level(logging.WARNING, logger="e4e_lab.models.tiny"):
+        assert tiny_model_path(tmp_path) == folder
+    assert any("damaged" in r.getMessage() and "rebuilding" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert weights.stat().st_size == size and _verify_tiny(folder) == []
+    m = load_pipeline("tiny", device="cpu", cache_dir=tmp_path)
+    assert m.fingerprint == load_pipeline("tiny", device="cpu").fingerprint
+
+
+def test_staging_folders_of_killed_builds_are_removed(tmp_path):
+    import os
+    import time
+
+    from e4e_lab.io.cache import temp_name
+    from e4e_lab.models.tiny import build_once
+
+
+    def build(folder):
+        (folder / "E4E_TINY_MODEL.txt").write_text("tiny")
+
+    target = tmp_path / "models" / "tiny-x"
+    target.parent.mkdir(parents=True)
+    dead = target.parent / temp_name(".tiny-x").replace(f"-{os.getpid()}-", f"-{dead_pid()}-")
+    old_style = target.parent / ".tiny-x-8cj3k2"  # what tempfile.mkdtemp used to name them
+    live = target.parent / temp_name(".tiny-x")
+    for folder in (dead, old_style, live):
+        folder.mkdir()
+        (folder / "unet").mkdir()
+    hour_ago = time.time() - 4000
+    os.utime(old_style, (hour_ago, hour_ago))
+    build_once(target, build)  # builds: under the lock, every leftover is dead
+    assert not dead.exists() and not old_style.exists() and not live.exists()
+    for folder in (dead, old_style, live):
+        folder.mkdir()
+    os.utime(old_style, (hour_ago, hour_ago))
+    build_once(target, build)  # already built: only the stale ones go
+    assert not dead.exists() and not old_style.exists() and live.exists()
+
+
+def test_a_cache_root_that_is_a_file_builds_the_tiny_model_elsewhere(tmp_path, caplog,
+                                                                     monkeypatch):
+    root = tmp_path / "cache-file"
+    root.write_text("not a folder")
+    monkeypatch.setenv("E4E_LAB_CACHE", str(root))
+    with caplog.at_level(logging.WARNING):
+        m = load_pipeline("tiny", device="cpu")
+        again = load_pipeline("tiny", device="cpu")
+    assert m.is_tiny and again.fingerprint == m.fingerprint
+    assert len([r for r in caplog.records if "cannot be used" in r.getMessage()]) == 1
+    assert root.read_text() == "not a folder"

@@ -358,3 +358,24 @@ def test_a_size_over_the_hard_limit_is_refused_by_the_session(lab, images):
     with pytest.raises(ConfigError) as exc:  # 99968 is a multiple of 64: only the limit stops it
         lab.load_image(images[0], 99968)
     assert_names(exc, "'size'", "99968", "4096")
+
+
+# ---------------------------------------------------------------------------------
+# Issue 15: the session's inversions do not depend on what its cache holds, and a cache
+# folder it cannot use costs one warning, not the run.
+
+
+def test_session_inversions_do_not_depend_on_the_cache(models, images, fast_config, tmp_path):
+    """``cat->coffee_cup`` then ``cat->horse`` in one session (and in the next one on the
+    same cache) equals ``cat->horse`` in a session on a clean cache, bit for bit."""
+    cup_pixels = images[0].flip(-1) * 0.5 + images[1] * 0.5
+    clean = Lab(models=models, cache_dir=tmp_path / "clean")
+    cat, horse = (clean.load_image(im, SMALL, name=n)
+                  for im, n in zip(images, ("cat.png", "horse.png")))
+    want = clean.invert([cat, horse], fast_config)
+    busy = Lab(models=models, cache_dir=tmp_path / "busy")
+    busy.invert([cat, busy.load_image(cup_pixels, SMALL, name="coffee_cup.png")], fast_config)
+    for lab in (busy, Lab(models=models, cache_dir=tmp_path / "busy")):
+        got = lab.invert([cat, horse], fast_config)
+        for g, w in zip(got, want):
+            assert torch.equal(g.xts, w.xts) and torch.equal(g.zs, w.zs)

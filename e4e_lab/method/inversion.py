@@ -5,8 +5,12 @@
    stream seeded by (run seed, image digest) (:mod:`e4e_lab.method.seeding`): the two images
    of a pair get independent noise, as in the published code.
 3. Predict the noise at every ``x_t`` with classifier-free guidance. Each prediction
-   only needs its own ``x_t``, so all timesteps (and several images, and both CFG
-   halves) run in large batches instead of 2 x steps sequential UNet calls.
+   only needs its own ``x_t``, so an image's timesteps (and both CFG halves) run in
+   batches instead of 2 x steps sequential UNet calls. A batch never mixes images, and
+   an image's timesteps are cut into chunks of a fixed size (part of the cache key), so
+   an image's inversion is bit-identical whether it is inverted alone, with a partner,
+   or after its partner was read from the cache (kernels may round differently at
+   another batch size or composition).
 4. Solve, in one vectorised pass, the noise maps ``z_t`` that make the DDPM step from
    ``x_t`` land exactly on ``x_{t-1}``.
 
@@ -15,9 +19,11 @@ back ``x_0`` to float precision. Unlike the published code we keep the noise map
 the last step (it zeroes it, so its reconstructions end at the posterior mean and not
 at ``x_0``).
 
-Results are cached on disk keyed by the fitted image's pixels, the model, the step
-count, the prompt, the CFG scale, the seed, the FreeU mode and the dtype (the published
-code keyed by file stem inside a per-pair folder and reused stale latents).
+Results are cached on disk keyed by the fitted image's pixels, the model's fingerprint
+(its weights and the configs of every component, not where it lives), the step count,
+the prompt, the CFG scale, the seed, the FreeU mode, the dtype and the UNet chunk size
+(the published code keyed by file stem inside a per-pair folder and reused stale
+latents).
 """
 
 from __future__ import annotations
@@ -68,13 +74,17 @@ class InversionResult:
                                self.timesteps, self.config, self.key, self.from_cache)
 
 
-def cache_spec(models: Models, image: LoadedImage, config: InversionConfig) -> dict:
+def cache_spec(models: Models, image: LoadedImage, config: InversionConfig,
+               chunk: int | None = None) -> dict:
+    """What an inversion depends on; ``chunk`` (timesteps per UNet call) defaults to
+    :func:`unet_chunk`'s choice."""
+    chunk = unet_chunk(models, image) if chunk is None else chunk
     return {
-        "stage": "ddpm-inversion-v2", "image_sha256": image.digest,
-        "image_size": list(image.size), "model": models.model_id,
-        "model_fingerprint": models.fingerprint, "steps": config.num_steps,
-        "prompt": config.prompt, "cfg": config.cfg_scale, "seed": config.seed,
-        "freeu": config.freeu, "dtype": str(models.dtype),
+        "stage": "ddpm-inversion-v3", "image_sha256": image.digest,
+        "image_size": list(image.size), "model_fingerprint": models.fingerprint,
+        "steps": config.num_steps, "prompt": config.prompt, "cfg": config.cfg_scale,
+        "seed": config.seed, "freeu": config.freeu, "dtype": str(models.dtype),
+        "unet_chunk": chunk,
         "scheduler": {k: v for k, v in dict(models.scheduler.config).items()
                       if not k.startswith("_")},
     }
@@ -109,9 +119,10 @@ _SAMPLE_BYTES_SD15 = 160 * 2**20
 
 
 def default_batch_size(models: Models, latent_hw: tuple[int, int] = (64, 64)) -> int:
-    """UNet batch for inversion: 64 on a CPU; on a GPU 32, or fewer when half of the free
-    memory would not hold 32 samples (scaled from SD 1.5's size by latent area, UNet
-    width and dtype). A fixed size where memory allows keeps results reproducible."""
+    """UNet batch for inversion (both CFG halves): 64 on a CPU; on a GPU 32, or the
+    largest power of two below it that half of the free memory holds (scaled from SD
+    1.5's size by latent area, UNet width and dtype). Powers of two keep the choice, and
+    so the cache key it enters (see :func:`unet_chunk`), stable from run to run."""
     if models.device.type != "cuda":
         return 64
     free, _ = torch.cuda.mem_get_info(models.device)
@@ -119,61 +130,90 @@ def default_batch_size(models: Models, latent_hw: tuple[int, int] = (64, 64)) ->
     per_sample = (_SAMPLE_BYTES_SD15 * latent_hw[0] * latent_hw[1] / 4096 * width
                   * torch.finfo(models.dtype).bits / 16)
     fits = int(free * 0.5 // max(per_sample, 1))
-    return max(2, min(32, fits - fits % 2))
+    size = 32
+    while size > 2 and size > fits:
+        size //= 2
+    return size
+
+
+def unet_chunk(models: Models, image: LoadedImage, batch_size: int | None = None) -> int:
+    """Timesteps of one image per UNet call (``batch_size`` counts both CFG halves).
+
+    Kernels may round differently at another batch size, so the chunk is part of the
+    cache key: an inversion is only reused when it was computed with the same chunks.
+    """
+    if batch_size is None:
+        f = models.vae_scale_factor
+        batch_size = default_batch_size(models, (image.size[1] // f, image.size[0] // f))
+    return max(1, int(batch_size) // 2)
+
+
+def _invert_one(models: Models, image: LoadedImage, config: InversionConfig, chunk: int,
+                embeddings: tuple, step: Callable[[int], None]) -> tuple:
+    """(xts, zs, timesteps) of one image, computed from it alone: its own VAE call, its
+    own noise stream and UNet batches of its own timesteps in fixed chunks of ``chunk``."""
+    device = models.device
+    timesteps = schedule.timesteps_for(models.scheduler, config.num_steps)
+    coef = schedule.coefficients(models.scheduler, timesteps, eta=1.0, device=device)
+    x0 = encode(models, [image])[0].contiguous()  # (4, h, w) float32
+    # the image's own stream (run seed + content digest): independent noise across
+    # images, and a draw that does not depend on what else is inverted with it
+    noise = torch.randn((len(timesteps),) + tuple(x0.shape),
+                        generator=image_generator(config.seed, image.digest, "inversion"))
+    xts = coef.alpha_t.sqrt() * x0 + (1 - coef.alpha_t).sqrt() * noise.to(device)  # (T, ...)
+    cond, uncond = embeddings
+    steps = timesteps.to(device)
+    eps = []
+    with freeu(models.unet, config.freeu):
+        for start in range(0, len(xts), chunk):
+            eps.append(guided_eps(models, xts[start:start + chunk], steps[start:start + chunk],
+                                  cond, uncond, config.cfg_scale, 2 * chunk))
+            step(len(eps[-1]))
+    targets = torch.cat([xts[1:], x0[None]])  # x_{t-1} for every step
+    zs, landed = schedule.solve_noise(torch.cat(eps), xts, targets, coef,
+                                      models.scheduler.config.prediction_type)
+    traj = torch.cat([xts[:1], landed])  # keep x_T, then the landings
+    # contiguous: the VAE leaves channels-last strides, and the UNet's kernels round
+    # differently on them than on the contiguous tensors read back from the cache
+    return traj.float().cpu().contiguous(), zs.float().cpu().contiguous(), timesteps.cpu()
 
 
 @torch.no_grad()
 def invert_uncached(models: Models, images: Sequence[LoadedImage], config: InversionConfig,
                     batch_size: int | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> list[tuple]:
-    """Invert several images at once; returns [(xts, zs, timesteps)] per image."""
-    device = models.device
-    timesteps = schedule.timesteps_for(models.scheduler, config.num_steps)
-    coef = schedule.coefficients(models.scheduler, timesteps, eta=1.0, device=device)
-    n_img, n_t = len(images), len(timesteps)
-    x0 = encode(models, list(images))  # (B, 4, h, w) float32
-    batch_size = batch_size or default_batch_size(models, tuple(x0.shape[-2:]))
-    # Each image draws from its own stream (run seed + content digest): independent noise
-    # across images, and a draw that does not depend on what else is inverted with it.
-    noise = torch.stack([
-        torch.randn((n_t,) + tuple(x0.shape[1:]),
-                    generator=image_generator(config.seed, im.digest, "inversion"))
-        for im in images]).to(device)
-    xts = coef.alpha_t.sqrt() * x0[:, None] + (1 - coef.alpha_t).sqrt() * noise  # (B, T, ...)
-    cond, uncond = text_embeddings(models, config.prompt)
+                    progress: Callable[[int, int], None] | None = None,
+                    chunks: Sequence[int] | None = None,
+                    on_result: Callable[[int, tuple], None] | None = None) -> list[tuple]:
+    """Invert several images, one after the other (see :func:`_invert_one`: an image's
+    result does not depend on the others); returns [(xts, zs, timesteps)] per image.
+    ``chunks`` (one per image) overrides :func:`unet_chunk`'s choice from ``batch_size``;
+    ``on_result(n, result)`` is called as soon as image ``n`` is done."""
+    if chunks is None:
+        chunks = [unet_chunk(models, im, batch_size) for im in images]
+    embeddings = text_embeddings(models, config.prompt)
+    total = len(images) * len(schedule.timesteps_for(models.scheduler, config.num_steps))
+    done = [0]
 
-    flat_x = xts.reshape((-1,) + tuple(x0.shape[1:]))
-    flat_t = timesteps.to(device).repeat(n_img)
-    eps_chunks, done = [], 0
-    chunk = max(1, batch_size // 2) * 4
-    with freeu(models.unet, config.freeu):
-        for start in range(0, len(flat_x), chunk):
-            eps_chunks.append(guided_eps(models, flat_x[start:start + chunk],
-                                         flat_t[start:start + chunk], cond, uncond,
-                                         config.cfg_scale, batch_size))
-            done += len(eps_chunks[-1])
-            if progress is not None:
-                progress(done, len(flat_x))
-    eps = torch.cat(eps_chunks).reshape(xts.shape)
+    def step(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
 
-    pred_type = models.scheduler.config.prediction_type
     results = []
-    for b in range(n_img):
-        targets = torch.cat([xts[b, 1:], x0[b:b + 1]])  # x_{t-1} for every step
-        zs, landed = schedule.solve_noise(eps[b], xts[b], targets, coef, pred_type)
-        traj = torch.cat([xts[b, :1], landed])  # keep x_T, then the landings
-        # contiguous: the VAE leaves channels-last strides, and the UNet's kernels round
-        # differently on them than on the contiguous tensors read back from the cache
-        results.append((traj.float().cpu().contiguous(), zs.float().cpu().contiguous(),
-                        timesteps.cpu()))
+    for n, (image, chunk) in enumerate(zip(images, chunks)):
+        results.append(_invert_one(models, image, config, chunk, embeddings, step))
+        if on_result is not None:
+            on_result(n, results[-1])
     return results
 
 
 def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfig,
            cache: TensorCache | None = None, batch_size: int | None = None,
            progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
-    """Invert images, reusing cached trajectories; uncached images are batched together."""
-    specs = [cache_spec(models, im, config) for im in images]
+    """Invert images, reusing cached trajectories; each uncached image is inverted on
+    its own, so what the cache holds never changes a result."""
+    chunks = [unet_chunk(models, im, batch_size) for im in images]
+    specs = [cache_spec(models, im, config, c) for im, c in zip(images, chunks)]
     keys = [key_of(s) for s in specs]
     found: dict[int, InversionResult] = {}
     if cache is not None:
@@ -187,9 +227,16 @@ def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfi
     unique = list(dict.fromkeys(keys[i] for i in todo))
     if unique:
         first = {k: next(i for i in todo if keys[i] == k) for k in unique}
+
+        def store(n: int, result: tuple) -> None:  # at once: a kill later keeps it
+            if cache is not None:
+                key = unique[n]
+                cache.put(key, specs[first[key]], dict(zip(("xts", "zs", "timesteps"), result)))
+
         try:
             computed = invert_uncached(models, [images[first[k]] for k in unique], config,
-                                       batch_size=batch_size, progress=progress)
+                                       progress=progress, on_result=store,
+                                       chunks=[chunks[first[k]] for k in unique])
         except torch.cuda.OutOfMemoryError:
             w, h = images[first[unique[0]]].size
             raise DeviceOutOfMemoryError(
@@ -197,8 +244,6 @@ def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfi
                 "reduce the inversion batch size (batch_size=) or --size, or close other "
                 "GPU programs") from None
         for key, (xts, zs, ts) in zip(unique, computed):
-            if cache is not None:
-                cache.put(key, specs[first[key]], {"xts": xts, "zs": zs, "timesteps": ts})
             for i in todo:
                 if keys[i] == key:
                     found[i] = InversionResult(images[i].name, xts, zs, ts, config, key)

@@ -17,8 +17,6 @@ scheduler config. fp16 on CUDA, fp32 elsewhere, unless ``dtype`` says otherwise.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import socket
@@ -172,11 +170,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _fingerprint(model_id: str, pipe) -> str:
-    h = hashlib.sha256(model_id.encode())
-    h.update(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
-    h.update(json.dumps(dict(pipe.vae.config), sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+def _fingerprint(model_id: str, pipe, weights: str | None = None) -> str:
+    """What the inversion cache keys on (:func:`.fingerprint.model_fingerprint`): every
+    component's config and weights. ``model_id`` is deliberately left out: a local
+    model's id is its folder, and moving a folder does not change what it computes."""
+    from .fingerprint import model_fingerprint
+
+    return model_fingerprint(pipe, weights)
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_files_only: bool):

@@ -9,7 +9,6 @@ measured on machines without the real weights, e.g. by ``benchmarks/bench_transf
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -118,7 +117,8 @@ def build_sd15_random(device: str | torch.device = "cpu", dtype: torch.dtype = t
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval().requires_grad_(False)
     log.warning(RANDOM_WARNING)
-    fingerprint = hashlib.sha256(
-        f"{_fingerprint(MODEL_ID, pipe)}:seed={seed}:device={device.type}".encode()).hexdigest()[:16]
+    # the seed, the device and torch's version fix the weights: no need to hash 1 GB
+    fingerprint = _fingerprint(MODEL_ID, pipe, weights=f"sd15-random:seed={seed}:"
+                               f"device={device.type}:torch={torch.__version__}")
     return RandomModels(pipe=pipe, model_id=MODEL_ID, device=device, dtype=dtype, kind="random",
                         fingerprint=fingerprint, seed=seed)

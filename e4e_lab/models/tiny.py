@@ -6,14 +6,17 @@ per resolution, an 8x VAE, a CLIP text encoder and SD 1.5's DDIM schedule), but
 narrow layers and random weights: its images are NOT meaningful. It exists so the
 whole suite can be learnt, tested and demonstrated on a CPU with no downloads.
 
-It is built once into a cache folder with ``save_pretrained`` and then loaded with
-the same ``from_pretrained`` path as a real model. The tokenizer is a real CLIP BPE
-tokenizer made from the ``bpe_simple_vocab_16e6.txt.gz`` that the PyPI package
-``clip-anytorch`` ships (located through importlib, never imported).
+It is built once into a cache folder with ``save_pretrained`` (with a MANIFEST.json of
+its files' sums, checked on every start: a damaged build is rebuilt) and then loaded
+with the same ``from_pretrained`` path as a real model. When the cache folder cannot
+be written, it is built into a temporary folder for this process. The tokenizer is a
+real CLIP BPE tokenizer made from the ``bpe_simple_vocab_16e6.txt.gz`` that the PyPI
+package ``clip-anytorch`` ships (located through importlib, never imported).
 """
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import importlib.util
 import json
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.cache import sweep_stale, temp_name, warn_unusable
 from ..io.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -122,25 +126,34 @@ def _build(folder: Path) -> None:
     (folder / "E4E_TINY_MODEL.txt").write_text(
         "Tiny Stable-Diffusion-shaped model with seeded RANDOM weights, built offline by "
         "e4e-lab for tests and demos. Its images are not meaningful.\n", encoding="utf-8")
+    from ..toy.model import write_manifest
+
+    write_manifest(folder, {"model": TINY_VERSION})
 
 
-def build_once(folder: Path, build) -> Path:
+def build_once(folder: Path, build, verify=None) -> Path:
     """Run ``build(staging_folder)`` once for ``folder`` (safe across processes).
 
     The builder writes into a staging folder that is renamed into place, so a reader
     never sees a half-written model; ``E4E_TINY_MODEL.txt`` marks a finished build.
+    ``verify(folder)`` (optional) lists what is wrong with a finished build: a damaged
+    one is rebuilt, with a warning. Staging folders that a killed build left behind
+    are removed.
     """
     from filelock import FileLock
 
-    marker = folder / "E4E_TINY_MODEL.txt"
-    if marker.exists():
+    if _finished(folder, verify, warn=False):
+        sweep_stale(folder.parent, f".{folder.name}[-.]*")
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if marker.exists():
+        if _finished(folder, verify, warn=True):
             return folder
+        # under the lock every build has finished: what staging is left is dead
+        sweep_stale(folder.parent, f".{folder.name}[-.]*", everything=True)
         log.info("building an offline random-weight model into %s", folder)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        staging = folder.parent / temp_name(f".{folder.name}")
+        staging.mkdir()
         try:
             build(staging)
             _check_weights(staging, folder)
@@ -150,6 +163,20 @@ def build_once(folder: Path, build) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _finished(folder: Path, verify, warn: bool) -> bool:
+    """Whether ``folder`` holds a finished build that ``verify`` finds nothing wrong with."""
+    if not (folder / "E4E_TINY_MODEL.txt").exists():
+        return False
+    problems = verify(folder) if verify is not None else []
+    if problems and warn and not (folder / "MANIFEST.json").exists():
+        log.info("the cached model in %s has no MANIFEST.json (an older e4e-lab built "
+                 "it): rebuilding it", folder)
+    elif problems and warn:
+        log.warning("the cached model in %s is damaged (%s%s): rebuilding it", folder,
+                    problems[0], " and more" if len(problems) > 1 else "")
+    return not problems
 
 
 def _check_weights(staging: Path, folder: Path) -> None:
@@ -170,10 +197,29 @@ def _check_weights(staging: Path, folder: Path) -> None:
             "launcher to fill the cache")
 
 
+def _verify_tiny(folder: Path) -> list[str]:
+    from ..toy.model import verify_manifest
+
+    return verify_manifest(folder)
+
+
+_TEMPORARY: dict[str, Path] = {}
+
+
 def tiny_model_path(root: Path | None = None) -> Path:
-    """Folder of the tiny pipeline, built on first use."""
+    """Folder of the tiny pipeline, built on first use (and rebuilt when damaged). When
+    ``root`` cannot hold it (a file, read-only, full), it is built once per process into
+    a temporary folder, with one warning."""
     root = Path(root) if root is not None else cache_root()
-    return build_once(root / "models" / TINY_VERSION, _build)
+    try:
+        return build_once(root / "models" / TINY_VERSION, _build, _verify_tiny)
+    except OSError as exc:
+        warn_unusable(root, exc)
+    if TINY_VERSION not in _TEMPORARY:
+        tmp = Path(tempfile.mkdtemp(prefix="e4e-lab-tiny-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        _TEMPORARY[TINY_VERSION] = build_once(tmp / TINY_VERSION, _build, _verify_tiny)
+    return _TEMPORARY[TINY_VERSION]
 
 
 def is_tiny_folder(path: str | os.PathLike) -> bool:
