@@ -120,20 +120,26 @@ def _add_model(m, d: TransferConfig) -> None:
                    "a CPU")
 
 
+def _add_schedule(p, d: TransferConfig) -> None:
+    """The schedule and seed flags that ``transfer`` and ``evaluate`` share."""
+    p.add_argument("--steps", type=int, default=d.num_steps, help="scheduler steps")
+    p.add_argument("--skip-steps", type=int, default=d.skip_steps)
+    p.add_argument("--guidance", type=float, default=d.guidance)
+    p.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"),
+                   help=RANGE_HELP % "that inject features")
+    p.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"),
+                   help=RANGE_HELP % "followed by masked AdaIN")
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
 def _add_method(meth, d: TransferConfig) -> None:
     meth.add_argument("--domain", default=d.domain, metavar="WORD",
                       help='object category for the prompt "A photo of a {domain}"')
     meth.add_argument("--injection", choices=INJECTION_MODES, default=d.injection)
     meth.add_argument("--correspondence", choices=("match", "dift"), default=d.correspondence,
                       help="match features in each layer (default) or use a DIFT field")
-    meth.add_argument("--steps", type=int, default=d.num_steps, help="scheduler steps")
-    meth.add_argument("--skip-steps", type=int, default=d.skip_steps)
-    meth.add_argument("--guidance", type=float, default=d.guidance)
+    _add_schedule(meth, d)
     meth.add_argument("--inversion-cfg", type=float, default=d.inversion_cfg)
-    meth.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"),
-                      help=RANGE_HELP % "that inject features")
-    meth.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"),
-                      help=RANGE_HELP % "followed by masked AdaIN")
     meth.add_argument("--no-adain", action="store_true", help="turn masked AdaIN off")
     meth.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                       help="published: the published code's effective steps (its counter lags "
@@ -141,7 +147,6 @@ def _add_method(meth, d: TransferConfig) -> None:
     meth.add_argument("--mask-resize", choices=MASK_RESIZE_MODES, default=d.mask_resize,
                       help="masks on layer grids: reference (bilinear, as published; default) "
                       "or area (area average >= 0.5)")
-    meth.add_argument("--seed", type=int, default=d.seed)
 
 
 def _add_evaluate(sub, d: TransferConfig) -> None:
@@ -167,13 +172,6 @@ def _add_evaluate(sub, d: TransferConfig) -> None:
     e.add_argument("--mask", choices=MASK_CHOICES, default=MaskMode.AUTO.value)
     e.add_argument("--sam-checkpoint", metavar="PATH")
     e.add_argument("--size", type=_size, metavar="PX", help=SIZE_HELP)
-    e.add_argument("--steps", type=int, default=d.num_steps)
-    e.add_argument("--skip-steps", type=int, default=d.skip_steps)
-    e.add_argument("--guidance", type=float, default=d.guidance)
-    e.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"),
-                   help=RANGE_HELP % "that inject features")
-    e.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"),
-                   help=RANGE_HELP % "followed by masked AdaIN")
-    e.add_argument("--seed", type=int, default=d.seed)
+    _add_schedule(e, d)
     e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--debug", action="store_true", help="show tracebacks")

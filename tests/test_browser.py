@@ -252,9 +252,12 @@ def test_panel_run_stop_run(lab_page):
         time.sleep(0.05)
     started = _progress(panel)
     assert 0 < started < 100, f"the progress bar did not start moving ({started}%)"
-    # the live preview (the panel's first image) is drawn before we stop
+    # a denoising step's live preview is drawn before we stop (Stop during the inversion
+    # is tested on the Python side: it ends the run before step 0)
+    lp.wait_kernel("len(panel.preview_steps) >= 1", timeout=120)
     lp.page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                              arg=panel.locator("img").first.element_handle(), timeout=60_000)
+                              arg=panel.locator("img.e4e-preview").element_handle(),
+                              timeout=60_000)
     panel.get_by_role("button", name="Stop").click()
     state = lp.wait_kernel("panel.state if panel.state in ('cancelled', 'done', 'failed') "
                            "else ''", timeout=60)
@@ -278,6 +281,7 @@ def test_panel_run_stop_run(lab_page):
     assert _progress(panel) == pytest.approx(100)
     assert lp.kernel_json("panel.config().injection") == "v"
     lp.page.wait_for_function("img => img.complete && img.naturalWidth > 0",  # the result
-                              arg=panel.locator("img").nth(1).element_handle(), timeout=30_000)
+                              arg=panel.locator("img.e4e-result").element_handle(),
+                              timeout=30_000)
     lp.screenshot("4-panel-done", panel)
     assert_no_console_errors(lp)

@@ -33,6 +33,12 @@ FAST = ["--model", "tiny", "--size", "64", "--steps", "10", "--skip-steps", "3",
         "--feat-range", "2", "8", "--adain-range", "5", "10", "--quiet"]
 
 
+def _offline(cache: Path) -> dict[str, str]:
+    """The environment of a CLI subprocess: offline, on the test session's cache."""
+    return dict(os.environ, E4E_LAB_CACHE=str(cache), HF_HUB_OFFLINE="1",
+                HF_HOME=str(cache / "hf-home"), E4E_SAM_CHECKPOINT="", PYTHONWARNINGS="ignore")
+
+
 def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "e4e_lab", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
@@ -162,9 +168,7 @@ def cli_runs(models, _offline_env, tmp_path_factory):
     """Run every case (3 at a time); the tiny model is already built in the cache."""
     tmp = tmp_path_factory.mktemp("cli")
     cases = _cases(tmp)
-    env = dict(os.environ, E4E_LAB_CACHE=str(_offline_env), HF_HUB_OFFLINE="1",
-               HF_HOME=str(_offline_env / "hf-home"), E4E_SAM_CHECKPOINT="",
-               PYTHONWARNINGS="ignore")
+    env = _offline(_offline_env)
 
     def run(name):
         args, _ = cases[name]
@@ -279,9 +283,7 @@ def _run_all(cases: dict, env: dict, timeout: float = 200) -> dict:
 def hostile_runs(models, _offline_env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     cases = _hostile_cases(tmp)
-    env = dict(os.environ, E4E_LAB_CACHE=str(_offline_env), HF_HUB_OFFLINE="1",
-               HF_HOME=str(_offline_env / "hf-home"), E4E_SAM_CHECKPOINT="",
-               PYTHONWARNINGS="ignore")
+    env = _offline(_offline_env)
     return cases, _run_all(cases, env)
 
 
@@ -362,11 +364,6 @@ def test_help_states_the_accepted_ranges_and_the_warnings():
 EXAMPLE = ROOT / "example"
 IMAGES = ["--appearance", str(EXAMPLE / "chelsea_cat.png"),
           "--structure", str(EXAMPLE / "horse_silhouette.png")]
-
-
-def _offline(cache: Path) -> dict[str, str]:
-    return dict(os.environ, E4E_LAB_CACHE=str(cache), HF_HUB_OFFLINE="1",
-                HF_HOME=str(cache / "hf-home"), E4E_SAM_CHECKPOINT="", PYTHONWARNINGS="ignore")
 
 
 def _one_error(proc) -> str:

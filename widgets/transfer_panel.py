@@ -65,6 +65,8 @@ class TransferPanel(BackgroundRun, LabWidget):
         self.status = W.HTML(status_html("ready"))
         self.preview = image_widget(width=display_size)
         self.result_image = image_widget(width=3 * display_size)
+        self.preview.add_class("e4e-preview")  # (the image sources show thumbnails too)
+        self.result_image.add_class("e4e-result")
         self._strip = None  # the result strip on show (uint8), for dimming when stale
         self.stale_note = W.HTML(layout=W.Layout(display="none"))
         self.mode_note = W.HTML()
