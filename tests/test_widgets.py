@@ -25,7 +25,7 @@ from widgets import (AttentionViewer, BoxDrawer, CorrespondenceExplorer,  # noqa
                      MaskEditor, PairBoxDrawer, PairMaskEditor, RunGallery, TransferPanel)
 
 from conftest import APP_BOX, SMALL, STRUCT_BOX  # noqa: E402
-from widget_helpers import frontend_event, serialize_all  # noqa: E402
+from widget_helpers import assert_one_banner, frontend_event  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,7 @@ def test_every_widget_shows_the_tiny_banner(shared_lab, pair, fast_config, runs)
         RunGallery(shared_lab),
     ]
     for w in built:
-        assert widgets.has_banner(w.widget), type(w).__name__
-        # one banner per frame: nested pieces do not repeat it
-        assert widgets.widget_text(w.widget).count('class="e4e-banner"') == 1, type(w).__name__
-        assert w.banner == BANNERS["tiny"]
-        assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
-        serialize_all(w.widget)
+        assert_one_banner(w, BANNERS["tiny"])
     assert BANNERS["tiny"] in widgets.banner_html(shared_lab)
 
 

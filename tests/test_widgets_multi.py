@@ -22,12 +22,11 @@ from e4e_lab.method.images import LoadedImage  # noqa: E402
 from e4e_lab.method.masks import box_mask  # noqa: E402
 from e4e_lab.models import BANNERS  # noqa: E402
 
-import widgets  # noqa: E402
 from widgets import (BoxDrawer, ComparisonGrid, ExtraBox, MultiBoxDrawer,  # noqa: E402
                      PartExplorer, render)
 
 from conftest import SMALL  # noqa: E402
-from widget_helpers import drag, frontend_event, hue, serialize_all  # noqa: E402
+from widget_helpers import assert_one_banner, drag, frontend_event, hue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "example"
@@ -60,12 +59,7 @@ def test_new_widgets_show_the_tiny_banner(shared_lab, imgs, cfg):
     built = [MultiBoxDrawer(shared_lab, imgs[0], imgs[1:]), ComparisonGrid(shared_lab, pair, cfg),
              PartExplorer(shared_lab, pair, cfg)]
     for w in built:
-        assert widgets.has_banner(w.widget), type(w).__name__
-        # one banner per frame: nested pieces do not repeat it
-        assert widgets.widget_text(w.widget).count('class="e4e-banner"') == 1, type(w).__name__
-        assert w.banner == BANNERS["tiny"]
-        assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
-        serialize_all(w.widget)
+        assert_one_banner(w, BANNERS["tiny"])
 
 
 # -------------------------------------------------------------- box drawer --

@@ -32,3 +32,16 @@ def drag(drawer, a, b):
 
 def hue(rgb) -> float:
     return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
+
+
+def assert_one_banner(w, banner: str) -> None:
+    """``w`` shows ``banner`` once in its frame (nested pieces do not repeat it), displays
+    as a widget and serialises."""
+    import widgets
+
+    name = type(w).__name__
+    assert widgets.has_banner(w.widget), name
+    assert widgets.widget_text(w.widget).count('class="e4e-banner"') == 1, name
+    assert w.banner == banner
+    assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
+    serialize_all(w.widget)
