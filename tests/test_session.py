@@ -274,6 +274,12 @@ def test_a_cache_dir_that_is_a_file_is_a_typed_error(models, tmp_path):
     with pytest.raises(ConfigError) as exc:
         Lab(models=models, cache_dir=tmp_path / "cache")
     assert_names(exc, "'cache_dir'", "not a file")
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as mp:  # the same through the environment variable
+        mp.setenv("E4E_LAB_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(ConfigError) as exc:
+            Lab(models=models)
+    assert_names(exc, "'E4E_LAB_CACHE'", "not a file")
 
 
 @pytest.mark.parametrize("bad, words", [

@@ -65,15 +65,19 @@ def resolve_dtype(dtype) -> torch.dtype | None:
 
 
 def check_cache_dir(cache_dir) -> None:
-    """A cache folder that exists must be a folder (a missing one is created later)."""
+    """A cache folder that exists must be a folder (a missing one is created later); with
+    no ``cache_dir``, the same holds for ``$E4E_LAB_CACHE`` when it is set."""
+    name = "cache_dir"
     if cache_dir is None:
-        return
+        cache_dir, name = os.environ.get("E4E_LAB_CACHE") or None, "E4E_LAB_CACHE"
+        if cache_dir is None:
+            return
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise ConfigError("cache_dir", cache_dir, "a folder path")
+        raise ConfigError(name, cache_dir, "a folder path")
     path = Path(cache_dir).expanduser()
     if path.exists() and not path.is_dir():
-        raise ConfigError("cache_dir", str(path), "a folder (it is created if missing), "
-                          "not a file: give another path, or leave it out for the default")
+        raise ConfigError(name, str(path), "a folder (it is created if missing), not a file: "
+                          "give another path, or leave it out for the default")
 
 
 def check_session(device, dtype, cache_dir):
