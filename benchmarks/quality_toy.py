@@ -94,8 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------ model --
 
 def load_models(name: str, device):
-    """The pipeline for ``--model``: ``toy`` is the lead's named model when the library
-    knows it, else the shipped folder ``e4e_lab/toy/weights/``."""
+    """The pipeline for ``--model``: ``toy`` is ``load_pipeline("toy")`` (the shipped
+    weights, checked against their manifest), else that folder loaded as a plain
+    ``save_pretrained`` folder; anything else goes to ``load_pipeline`` as it is."""
     from e4e_lab.models import load_pipeline
 
     if name != "toy":
