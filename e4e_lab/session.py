@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +33,7 @@ from .method.config import TransferConfig
 from .method.correspondence import CorrespondenceField
 from .method.images import ImageLike, LoadedImage, check_image_source, load_image
 from .method.inversion import InversionResult, invert
+from .method.pairs import MultiPair, Pair
 from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
 from .method.transfer import StepEvent, TransferResult, run_multi_transfer
@@ -41,88 +41,6 @@ from .models.device import check_fits, check_session
 from .models.loading import Models, load_pipeline
 
 log = logging.getLogger(__name__)
-
-
-def _source(image: LoadedImage) -> str:
-    """How a run's config.json names an input image: its path, else its name."""
-    return image.source or image.name
-
-
-def _describe(structure: LoadedImage, mask_mode: MaskMode | str, /, **inputs) -> dict:
-    """A run's inputs for its config.json: ``inputs``, then the keys every pair shares."""
-    return {**inputs, "mask": mask_mode, "size": list(structure.size), "fit": structure.fit,
-            "resample": structure.resample}
-
-
-@dataclass
-class MultiPair:
-    """A structure image with several (target region, reference region) pairs.
-
-    ``references`` are the distinct reference images; ``regions[n].reference`` indexes
-    them. ``boxes[n]`` is the (target box, reference box) of pair n, either may be None.
-    """
-
-    structure: LoadedImage
-    references: list[LoadedImage]
-    regions: list[RegionPair]
-    boxes: list[tuple[Box | None, Box | None]]
-    mask_mode: MaskMode | str  # a MaskMode, or how masks made elsewhere were made
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.structure.size
-
-    def describe(self) -> dict:
-        """JSON-able inputs (config.json): the structure and the object pairs, which read
-        like the ``objects`` of a ``--pairs`` file."""
-        objects = [{"target_box": tb, "appearance": _source(self.references[r.reference]),
-                    "appearance_box": ab} for r, (tb, ab) in zip(self.regions, self.boxes)]
-        return _describe(self.structure, self.mask_mode, structure=_source(self.structure),
-                         objects=objects)
-
-    def strip_inputs(self) -> list[tuple[str, LoadedImage]]:
-        """(label, image) of the strip's panels before the result: structure | references."""
-        many = len(self.references) > 1
-        return [("structure", self.structure)] + [
-            (f"appearance {n + 1}" if many else "appearance", ref)
-            for n, ref in enumerate(self.references)]
-
-
-@dataclass
-class Pair:
-    """An appearance/structure pair at model resolution with its boxes and masks."""
-
-    appearance: LoadedImage
-    structure: LoadedImage
-    appearance_box: Box | None
-    structure_box: Box | None
-    appearance_mask: torch.Tensor  # (H, W) 0/1
-    structure_mask: torch.Tensor
-    mask_mode: MaskMode | str  # a MaskMode, or how masks made elsewhere were made ("edited")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.structure.size
-
-    def describe(self) -> dict:
-        """JSON-able inputs (config.json): both images and their boxes."""
-        return _describe(self.structure, self.mask_mode, appearance=_source(self.appearance),
-                         structure=_source(self.structure), appearance_box=self.appearance_box,
-                         structure_box=self.structure_box)
-
-    def strip_inputs(self) -> list[tuple[str, LoadedImage]]:
-        """(label, image) of the strip's panels before the result: structure | appearance."""
-        return [("structure", self.structure), ("appearance", self.appearance)]
-
-    # A pair is a multi-object pair of one object: the same two views as MultiPair's
-    # fields, so one Lab.transfer runs both.
-    @property
-    def references(self) -> list[LoadedImage]:
-        return [self.appearance]
-
-    @property
-    def regions(self) -> list[RegionPair]:
-        return [RegionPair(self.structure_mask.float(), self.appearance_mask.float(), 0)]
 
 
 class Lab:
@@ -140,6 +58,7 @@ class Lab:
         self._inversions: dict[str, InversionResult] = {}
         self._sam = sam
         self.sam_checkpoint = sam_checkpoint
+        self._said_no_sam = False
 
     # ---------------------------------------------------------------- info --
     @property
@@ -185,6 +104,17 @@ class Lab:
 
         return self._sam is not None or find_checkpoint(self.sam_checkpoint) is not None
 
+    def _mask_source(self, mode: MaskMode, boxes: list, given: list) -> MaskMode | str:
+        """What a run's config.json records as its masks' origin: ``"given"`` when every
+        mask was passed in, else the concrete mode (``auto`` resolved to what it did)."""
+        if all(m is not None for m in given):
+            return "given"
+        if mode is not MaskMode.AUTO:
+            return mode
+        if all(b is None for b in boxes):
+            return MaskMode.NONE
+        return mode.resolve(True, self.sam_available())
+
     def mask(self, image: LoadedImage, box: Box | None, mode: MaskMode | str = MaskMode.AUTO
              ) -> torch.Tensor:
         """Object mask of an image by ``mode``: SAM-HQ from the box, the box itself, or
@@ -193,9 +123,10 @@ class Lab:
         if box is None or mode is MaskMode.NONE:
             return full_mask(image.size)
         resolved = mode.resolve(True, self.sam_available())
-        if mode is MaskMode.AUTO and resolved is MaskMode.BOX:
-            log.warning("no SAM-HQ checkpoint found: using the box of '%s' as its mask "
-                        "(pass sam_checkpoint / --sam-checkpoint for object masks)", image.name)
+        if mode is MaskMode.AUTO and resolved is MaskMode.BOX and not self._said_no_sam:
+            self._said_no_sam = True  # once per session, not once per image
+            log.warning("no SAM-HQ checkpoint found: using boxes as masks "
+                        "(pass sam_checkpoint / --sam-checkpoint for object masks)")
         sam = self.sam() if resolved is MaskMode.SAM else None
         mask = object_mask(image, box, resolved, sam)
         if sam is not None and mask.sum() == 0:
@@ -244,7 +175,8 @@ class Lab:
             resolved.append(self._box_and_mask(
                 img, box, given, mode, (f"{role} box", f"{role} mask", f"the {role} mask")))
         (ab, am), (sb, sm) = resolved
-        return Pair(app, struct, ab, sb, am, sm, mode)
+        used = self._mask_source(mode, [ab, sb], [appearance_mask, structure_mask])
+        return Pair(app, struct, ab, sb, am, sm, used)
 
     def multi_pair(self, structure: ImageLike | LoadedImage,
                    objects: list[ObjectSpec | dict], mask: MaskMode | str = MaskMode.AUTO,
@@ -264,9 +196,10 @@ class Lab:
         if not objects:
             raise ConfigError("objects", objects, "at least one object pair")
         refs: dict[str, LoadedImage] = {}  # by source, in order of first use
-        regions, boxes = [], []
+        regions, boxes, given = [], [], []
         for n, obj in enumerate(objects):
             spec = ObjectSpec.from_dict(obj, f"objects[{n}]")
+            given += [spec.target_mask, spec.appearance_mask]
             ref = self._reference(spec.appearance, refs, struct, n, fit, resample)
             t_box, a_box = spec.boxes_at(struct.size)
             tb, tm = self._box_and_mask(
@@ -277,7 +210,8 @@ class Lab:
                 f"objects[{n}].appearance_mask", f"the appearance mask of object {n}"))
             regions.append(RegionPair(tm, am, list(refs).index(ref)))
             boxes.append((tb, ab))
-        return MultiPair(struct, list(refs.values()), regions, boxes, mode)
+        used = self._mask_source(mode, [b for pair in boxes for b in pair], given)
+        return MultiPair(struct, list(refs.values()), regions, boxes, used)
 
     def _reference(self, src, refs: dict[str, LoadedImage], structure: LoadedImage, n: int,
                    fit: str, resample: str) -> str:
@@ -292,10 +226,6 @@ class Lab:
                                   f"the structure's size {structure.size}")
             refs[key] = img
         return key
-
-    def transfer_multi(self, multi: MultiPair, config: TransferConfig, **kwargs) -> TransferResult:
-        """The same as :meth:`transfer` (kept for code written before they were one)."""
-        return self.transfer(multi, config, **kwargs)
 
     # -------------------------------------------------------------- stage 2 --
     def invert(self, images: list[LoadedImage], config: TransferConfig,
@@ -351,3 +281,5 @@ class Lab:
             return run_multi_transfer(self.models, refs, structure, pair.regions, config,
                                       callback=callback, cancel=cancel, dift_field=field,
                                       recorder=recorder)
+
+    transfer_multi = transfer  # the same call (kept for code written before they were one)

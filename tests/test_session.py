@@ -385,3 +385,23 @@ def test_session_inversions_do_not_depend_on_the_cache(models, images, fast_conf
         got = lab.invert([cat, horse], fast_config)
         for g, w in zip(got, want):
             assert torch.equal(g.xts, w.xts) and torch.equal(g.zs, w.zs)
+
+
+def test_config_json_records_where_the_masks_came_from(lab, images, caplog):
+    """``auto`` is recorded as what it did (box without SAM-HQ, none without boxes), masks
+    passed in as ``given``; the missing checkpoint is said once per session."""
+    lab.sam_checkpoint, lab._sam = None, None
+    app = lab.load_image(images[0], SMALL, name="app.png")
+    struct = lab.load_image(images[1], SMALL, name="struct.png")
+    with caplog.at_level("WARNING"):
+        boxed = [lab.pair(app, struct, appearance_box=APP_BOX, structure_box=STRUCT_BOX)
+                 for _ in range(2)]
+    said = [r for r in caplog.records if "no SAM-HQ checkpoint" in r.getMessage()]
+    if not lab.sam_available():
+        assert boxed[0].describe()["mask"] == "box" and len(said) == 1
+    assert lab.pair(app, struct).describe()["mask"] == "none"
+    given = lab.pair(app, struct, appearance_mask=torch.ones(SMALL, SMALL),
+                     structure_mask=torch.ones(SMALL, SMALL))
+    assert given.describe()["mask"] == "given"
+    multi = lab.multi_pair(struct, [{"appearance": app, "target_box": STRUCT_BOX}])
+    assert multi.describe()["mask"] in ("box", "sam")
