@@ -94,7 +94,7 @@ def test_overlapping_target_boxes_are_flagged(shared_lab, pair):
 
 def test_auto_masks_record_what_was_used_and_say_it_once(shared_lab, pair, caplog,
                                                         monkeypatch):
-    monkeypatch.setattr(widgets.masks, "_told", set())
+    monkeypatch.setattr(shared_lab, "_said_no_sam", False)  # the session says it once
     drawer = PairBoxDrawer.from_pair(shared_lab, pair)
     multi = MultiBoxDrawer(shared_lab, pair.structure, [pair.appearance])
     multi.target.set_box([0, 0, 30, 30])

@@ -31,7 +31,6 @@ from . import render
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, status_html
 from .image_source import ImageSource
-from .masks import concrete_mask_mode
 
 BOX_COLOR = (255, 200, 0)
 # handle name -> (x edge, y edge) it controls: 0 = low edge, 1 = high edge, None = none
@@ -345,9 +344,9 @@ class PairBoxDrawer(LabWidget):
         return self.boxes()
 
     def pair(self, mask: str = "auto", **kwargs):
-        """``lab.pair`` of the two images with the drawn boxes (``auto`` masks resolved
-        here: the pair records the mode really used)."""
+        """``lab.pair`` of the two images with the drawn boxes (the pair records the mask
+        mode really used)."""
         return self.lab.pair(self.appearance.image, self.structure.image,
                              appearance_box=self.appearance.box,
                              structure_box=self.structure.box,
-                             mask=concrete_mask_mode(self.lab, mask), **kwargs)
+                             mask=mask, **kwargs)

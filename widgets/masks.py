@@ -7,7 +7,6 @@ injected self-attention layers (matching).
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import ipywidgets as W
@@ -31,28 +30,8 @@ NO_SAM_NOTE = ("No SAM-HQ checkpoint: the masks are the boxes, and object / back
                "masks refined by clicks)")
 
 
-log = logging.getLogger(__name__)
-_told = set()  # what this kernel has been told already
-
-
 def no_sam_widget() -> W.HTML:
     return W.HTML(status_html(NO_SAM_NOTE, "warn"))
-
-
-def concrete_mask_mode(lab, mask) -> str:
-    """``mask`` with ``auto`` made concrete before the library sees it: ``sam`` when a
-    SAM-HQ checkpoint is available, else ``box``. The pair then records the mode it
-    really used, and the missing checkpoint is said once per kernel (the library would
-    say it for every image)."""
-    mode = MaskMode.parse(mask)
-    if mode is not MaskMode.AUTO:
-        return mode.value
-    if lab.sam_available():
-        return MaskMode.SAM.value
-    if "no-sam" not in _told:
-        _told.add("no-sam")
-        log.warning("%s", NO_SAM_NOTE.replace(" here", " to the widgets"))
-    return MaskMode.BOX.value
 
 
 def default_masker(lab):

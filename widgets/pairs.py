@@ -30,7 +30,6 @@ from e4e_lab.method.images import LoadedImage
 from . import render
 from .boxes import BoxDrawer, ExtraBox, file_row, refuse_missing_folder
 from .common import LabWidget, status_html
-from .masks import concrete_mask_mode
 from .pair_legend import legend_html
 from .pair_notes import unsaved_text
 
@@ -269,10 +268,10 @@ class MultiBoxDrawer(LabWidget):
                 for p in self.pairs]
 
     def multi_pair(self, mask: str = "auto", **kwargs):
-        """``lab.multi_pair`` of the structure with the drawn pairs (``auto`` masks
-        resolved here: the result records the mode really used)."""
+        """``lab.multi_pair`` of the structure with the drawn pairs (the result records
+        the mask mode really used)."""
         return self.lab.multi_pair(self.structure, self.objects(),
-                                   mask=concrete_mask_mode(self.lab, mask), **kwargs)
+                                   mask=mask, **kwargs)
 
     def to_json(self, folder: str | Path = ".") -> dict:
         """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the
