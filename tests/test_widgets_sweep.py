@@ -149,3 +149,29 @@ def test_reloading_a_folder_that_holds_no_run_says_so(shared_lab, tmp_path):
     with pytest.raises(SavedRunError, match="result.png"):
         read_run(bad)
     assert gallery.reload(bad) == [] and "result.png" in gallery.status.value
+
+
+def test_cells_already_in_the_gallery_are_taken_not_run_again(shared_lab, pair, fast_config):
+    """The notebook's case: two panel runs, then a sweep whose grid holds both settings
+    runs only the two others (05 stays within its time budget this way)."""
+    from widgets import TransferPanel
+
+    gallery = RunGallery(shared_lab)
+    panel = TransferPanel(shared_lab, pair, fast_config, gallery=gallery)
+    panel.run(block=True)
+    panel.set(injection="v", guidance=1.0)
+    panel.run(block=True)
+    assert panel.state == "done" and len(gallery.runs) == 2
+    earlier = [r.result for r in gallery.runs]
+    sweep = SweepPanel(shared_lab, pair, fast_config, gallery=gallery, cell=48)
+    sweep.set_axes(("guidance", f"1, {fast_config.guidance}"), ("injection", "feature, v"))
+    assert sweep.run(block=True) and sweep.state == "done", sweep.error
+    cells = sweep.result.cells
+    assert [c.reused for c in cells] == [False, True, True, False]
+    assert cells[1].result is earlier[1] and cells[2].result is earlier[0]
+    # only the two new cells were run, counted and added to the gallery
+    assert sweep.progress.max == 2 * fast_config.denoising_steps
+    assert len(gallery.runs) == 4 and "2 taken from the gallery" in sweep.status.value
+    fresh = run_sweep(shared_lab, pair, fast_config, [("guidance", [1.0]),
+                                                      ("injection", ["v"])])
+    assert torch.equal(fresh.images[0], cells[1].image)  # what re-running would give

@@ -20,8 +20,10 @@ import ipywidgets as W
 import numpy as np
 
 from e4e_lab.analysis.sweep import (SWEEP_FIELDS, SweepCell, SweepResult, contact_sheet,
-                                    format_value, parse_axes, run_sweep, sweep_configs)
+                                    format_value, parse_axes, run_sweep, steps_to_run,
+                                    sweep_configs)
 from e4e_lab.errors import E4ELabError
+from e4e_lab.io.saved_runs import SavedRun
 from e4e_lab.method.config import TransferConfig
 
 from .background import BackgroundRun
@@ -55,6 +57,7 @@ class SweepPanel(BackgroundRun, LabWidget):
         self.steps_done = self.total_steps = 0
         self._t0 = 0.0
         self._cell_text = ""
+        self._reuse: list = []  # the gallery results the running sweep may take
         fields = [(f"{spec.label} ({name})", name) for name, spec in SWEEP_FIELDS.items()]
         style = {"description_width": "70px"}
         self.fields = (W.Dropdown(options=fields, value="guidance", description="rows",
@@ -112,24 +115,36 @@ class SweepPanel(BackgroundRun, LabWidget):
             return False
         self.state, self.error = "running", None
         self.result = SweepResult(self.base, axes)  # filled as the cells finish
+        reuse = self._reuse = self._reusable()
         self.steps_done = 0
-        self.total_steps = sum(c.denoising_steps for c in configs)
+        self.total_steps = steps_to_run(configs, reuse)
         self.progress.max, self.progress.value = max(1, self.total_steps), 0
-        return self._start(self._work, (axes,), "e4e-sweep", block)
+        return self._start(self._work, (axes, reuse), "e4e-sweep", block)
+
+    def _reusable(self) -> list:
+        """The gallery's finished runs of this pair: a cell with the same settings takes
+        its result instead of running again (a transfer is deterministic)."""
+        if self.gallery is None:
+            return []
+        return [r.result for r in self.gallery.runs
+                if r.pair is self.pair and not isinstance(r.result, SavedRun)]
 
     # ------------------------------------------------------- worker thread --
-    def _work(self, axes) -> None:
+    def _work(self, axes, reuse) -> None:
         self._t0 = time.perf_counter()
         result = run_sweep(self.lab, self.pair, self.base, axes, cancel=self.cancel_event,
                            callback=self._on_cell, step_callback=self._on_step,
-                           inversion_progress=self._on_inversion)
+                           inversion_progress=self._on_inversion, reuse=reuse)
         self.result = result
         self.show(result)
         took = _duration(time.perf_counter() - self._t0)
+        reused = sum(c.reused for c in result.cells)
         if result.complete:
             self.state, self.progress.bar_style = "done", "success"
+            note = f"; {reused} taken from the gallery's runs" if reused else ""
             self.status.value = status_html(
-                f"done: {result.total} cells in {took} ({self.cache_note}; same seed)", "ok")
+                f"done: {result.total} cells in {took} ({self.cache_note}{note}; same seed)",
+                "ok")
         else:
             self.state, self.progress.bar_style = "cancelled", "warning"
             self.status.value = status_html(
@@ -145,9 +160,10 @@ class SweepPanel(BackgroundRun, LabWidget):
         if result is None:
             self._cell_text = f"cell {n + 1}/{total} ({', '.join(map(format_value, values))})"
             return
-        self.result.cells.append(SweepCell(values, result.config, result))
+        reused = any(result is r for r in self._reuse)
+        self.result.cells.append(SweepCell(values, result.config, result, reused=reused))
         self.show(self.result)
-        if self.gallery is not None:
+        if self.gallery is not None and not reused:
             self.gallery.add(result, self.pair,
                              name=f"sweep: {self.result.label(len(self.result.cells) - 1)}")
 

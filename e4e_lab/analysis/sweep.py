@@ -153,6 +153,7 @@ class SweepCell:
     values: tuple
     config: TransferConfig
     result: object  # TransferResult
+    reused: bool = False  # taken from an earlier run with the same settings, not run again
 
     @property
     def image(self):
@@ -197,9 +198,14 @@ class SweepResult:
 
 def run_sweep(lab, pair, base: TransferConfig, axes, cancel=None,
               callback: Callable[[int, int, tuple, object], None] | None = None,
-              step_callback=None, inversion_progress=None) -> SweepResult:
+              step_callback=None, inversion_progress=None, reuse=()) -> SweepResult:
     """Run every cell of the grid on ``pair`` (``lab.transfer``, same seed, the pair
     inverted once) and return the finished cells.
+
+    ``reuse``: earlier results *of this pair with this lab's model* (e.g. a gallery's
+    runs). A cell whose configuration equals one of theirs takes that result instead of
+    running again: a transfer is deterministic given the pair, the model and the
+    configuration (the seed is part of it), so the image is the one the cell would make.
 
     ``callback(index, total, values, result)`` is called as each cell starts (result
     None) and ends; ``step_callback`` gets every denoising step's ``StepEvent``.
@@ -210,20 +216,30 @@ def run_sweep(lab, pair, base: TransferConfig, axes, cancel=None,
     configs = sweep_configs(base, axes)
     cells = sweep_cells(axes)
     out = SweepResult(base, axes)
-    lab.invert([pair.appearance, pair.structure], base, progress=inversion_progress)
+    known = {r.config: r for r in reuse}
+    if any(c not in known for c in configs):
+        lab.invert([pair.appearance, pair.structure], base, progress=inversion_progress)
     for n, (values, config) in enumerate(zip(cells, configs)):
         if cancel is not None and cancel.is_set():
             break
         if callback is not None:
             callback(n, len(configs), values, None)
-        try:
-            result = lab.transfer(pair, config, callback=step_callback, cancel=cancel)
-        except TransferCancelled:
-            break
-        out.cells.append(SweepCell(values, config, result))
+        result = known.get(config)
+        if result is None:
+            try:
+                result = lab.transfer(pair, config, callback=step_callback, cancel=cancel)
+            except TransferCancelled:
+                break
+        out.cells.append(SweepCell(values, config, result, reused=config in known))
         if callback is not None:
             callback(n, len(configs), values, result)
     return out
+
+
+def steps_to_run(configs, reuse=()) -> int:
+    """Denoising steps a sweep of ``configs`` will run, given the results it can reuse."""
+    known = {r.config for r in reuse}
+    return sum(c.denoising_steps for c in configs if c not in known)
 
 
 # ------------------------------------------------------------- contact sheet --
