@@ -124,6 +124,8 @@ def test_explicit_attention_only_when_recording(layer, monkeypatch):
     assert set(probs) == {"plain", "output", "appearance", "structure"}
     assert probs["output"].shape == (2, H * W, H * W)
     assert torch.allclose(probs["output"].float().sum(-1), torch.ones(2, H * W), atol=1e-2)
+    # what the viewers state as the recording's memory: 4 branches of float16 maps
+    assert rec.nbytes == 4 * 2 * (H * W) ** 2 * 2
 
 
 @torch.no_grad()

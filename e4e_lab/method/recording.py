@@ -83,3 +83,11 @@ class RunRecorder:
                      grid: tuple[int, int]) -> None:
         self.grids[layer] = grid
         self.attention[(layer, step)] = {k: v.half().cpu() for k, v in probs.items()}
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the recorded attention weights and matches hold (bytes): what recording
+        costs in memory, which the viewers state."""
+        maps = sum(t.nbytes for probs in self.attention.values() for t in probs.values())
+        fields = sum(f.index.nbytes + f.score.nbytes for f in self.matches.values())
+        return maps + fields
