@@ -57,7 +57,6 @@ class SweepPanel(BackgroundRun, LabWidget):
         self.steps_done = self.total_steps = 0
         self._t0 = 0.0
         self._cell_text = ""
-        self._reuse: list = []  # the gallery results the running sweep may take
         fields = [(f"{spec.label} ({name})", name) for name, spec in SWEEP_FIELDS.items()]
         style = {"description_width": "70px"}
         self.fields = (W.Dropdown(options=fields, value="guidance", description="rows",
@@ -115,7 +114,7 @@ class SweepPanel(BackgroundRun, LabWidget):
             return False
         self.state, self.error = "running", None
         self.result = SweepResult(self.base, axes)  # filled as the cells finish
-        reuse = self._reuse = self._reusable()
+        reuse = self._reusable()
         self.steps_done = 0
         self.total_steps = steps_to_run(configs, reuse)
         self.progress.max, self.progress.value = max(1, self.total_steps), 0
@@ -156,15 +155,14 @@ class SweepPanel(BackgroundRun, LabWidget):
         self.status.value = status_html(
             f"inverting the pair once for every cell: {done}/{total} UNet evaluations")
 
-    def _on_cell(self, n: int, total: int, values: tuple, result) -> None:
-        if result is None:
+    def _on_cell(self, n: int, total: int, values: tuple, cell: SweepCell | None) -> None:
+        if cell is None:
             self._cell_text = f"cell {n + 1}/{total} ({', '.join(map(format_value, values))})"
             return
-        reused = any(result is r for r in self._reuse)
-        self.result.cells.append(SweepCell(values, result.config, result, reused=reused))
+        self.result.cells.append(cell)
         self.show(self.result)
-        if self.gallery is not None and not reused:
-            self.gallery.add(result, self.pair,
+        if self.gallery is not None and not cell.reused:
+            self.gallery.add(cell.result, self.pair,
                              name=f"sweep: {self.result.label(len(self.result.cells) - 1)}")
 
     def _on_step(self, event) -> None:

@@ -207,8 +207,8 @@ def run_sweep(lab, pair, base: TransferConfig, axes, cancel=None,
     running again: a transfer is deterministic given the pair, the model and the
     configuration (the seed is part of it), so the image is the one the cell would make.
 
-    ``callback(index, total, values, result)`` is called as each cell starts (result
-    None) and ends; ``step_callback`` gets every denoising step's ``StepEvent``.
+    ``callback(index, total, values, cell)`` is called as each cell starts (cell None)
+    and ends (the finished :class:`SweepCell`); ``step_callback`` gets every denoising step's ``StepEvent``.
     ``cancel`` (a ``threading.Event``) is checked between cells and between denoising
     steps: once set, the sweep returns the cells finished so far.
     """
@@ -232,7 +232,7 @@ def run_sweep(lab, pair, base: TransferConfig, axes, cancel=None,
                 break
         out.cells.append(SweepCell(values, config, result, reused=config in known))
         if callback is not None:
-            callback(n, len(configs), values, result)
+            callback(n, len(configs), values, out.cells[-1])
     return out
 
 
