@@ -227,7 +227,8 @@ class LabPage:
     def run_all(self, timeout: float = 300) -> dict:
         """Run all cells; return when every code cell ran or one failed (kernel idle)."""
         deadline = time.monotonic() + timeout
-        started = self._start_run_all()
+        self._send_run_all()
+        started = False  # until a cell has run or the kernel was seen busy
         settled = 0
         state: dict = {}
         while time.monotonic() < deadline:
@@ -237,7 +238,7 @@ class LabPage:
             elif not started and time.monotonic() > self._run_all_sent + 20:
                 # the command went to a notebook JupyterLab did not yet count as current
                 # (seen once in CI: nothing ran in 300 s): activate it and ask again
-                started = self._start_run_all()
+                self._send_run_all()
             finished = all(state["counts"]) or state["errors"] > 0
             # the kernel is idle for a moment between cells: ask for two idle polls
             settled = settled + 1 if finished and state["kernel"] == "idle" else 0
@@ -246,8 +247,8 @@ class LabPage:
             time.sleep(0.5)
         raise TimeoutError(f"the notebook did not finish in {timeout} s: {state}")
 
-    def _start_run_all(self) -> bool:
-        """Activate the open notebook and send run-all; False until it is seen running."""
+    def _send_run_all(self) -> None:
+        """Activate the open notebook and send run-all."""
         self.page.evaluate(_JS_RUN_ALL)
         self._run_all_sent = time.monotonic()
         return False
