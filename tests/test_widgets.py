@@ -314,6 +314,22 @@ def test_attention_viewer_feature_vs_v(shared_lab, pair, runs, finest):
     assert "appearance layout" in viewer.captions["v"].value
 
 
+def test_attention_viewer_says_what_recording_cost(shared_lab, pair, runs):
+    """Issue 12 item 3: the UI states what recording costs, per run, from the recorder."""
+    viewer = AttentionViewer(shared_lab, pair, {"feature": runs["feature"], "v": runs["v"]})
+    text = viewer.cost_text()
+    for label, res in runs.items():
+        mib = res.recorder.nbytes / 2**20
+        assert f"<b>{label}</b>: 1 layer(s) x 1 step(s) recorded, {mib:.1f} MiB held" in text
+        assert f"{res.timings['ms_per_step']:.0f} ms per denoising step" in text
+    stack, shown = [viewer.widget], []
+    while stack:  # the text is in the viewer's frame, under the results
+        w = stack.pop()
+        shown.append(getattr(w, "value", None))
+        stack.extend(getattr(w, "children", ()) or ())
+    assert text in shown
+
+
 # ---------------------------------------------------------- transfer panel --
 
 def _restored(unet):

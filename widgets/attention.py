@@ -111,8 +111,24 @@ class AttentionViewer(LabWidget):
             W.HBox([self.layer, self.step]), W.HBox([self.head, self.branch, self.opacity]),
             wrapping_row([column([captioned(self.query_view.canvas, "query: click a pixel")],
                                  self.query_view.display_w)] + panels),
-            self.info, wrapping_row(thumbs), title="Attention viewer")
+            self.info, wrapping_row(thumbs), W.HTML(self.cost_text()), title="Attention viewer")
         self._on_layer(None)
+
+    def cost_text(self) -> str:
+        """What recording cost each run: the maps it holds in memory and its denoising
+        time, so that a user picking more layers or steps knows what that adds."""
+        parts = []
+        for label, r in self.results.items():
+            rec = r.recorder
+            layers = len({layer for layer, _ in rec.attention})
+            steps = len({step for _, step in rec.attention})
+            ms = r.timings.get("ms_per_step")
+            speed = f", {ms:.0f} ms per denoising step" if ms is not None else ""
+            parts.append(f"<b>{html.escape(label)}</b>: {layers} layer(s) x {steps} step(s) "
+                         f"recorded, {rec.nbytes / 2**20:.1f} MiB held{speed}")
+        return ("<small>Recording cost (memory grows with layers x steps x grid cells "
+                "squared; only the picked layers and steps are recorded): "
+                + "; ".join(parts) + "</small>")
 
     # --------------------------------------------------------------- choices --
     def _grid_of(self, layer: str) -> tuple[int, int]:
