@@ -224,6 +224,7 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
 def test_part_explorer_confusion_counts_the_matches(shared_lab, cfg):
     pair = example_pair(shared_lab)
     pe = PartExplorer(shared_lab, pair, cfg, k=4)
+    assert pe.wait() == "done"  # the features are computed in the background
     parts, fld = pe.parts, pe.parts.field
     conf = parts.confusion
     assert conf.shape == (4, 4) and pe.feature_passes == 1

@@ -128,27 +128,27 @@ def pair_dift_features(models: Models, target: LoadedImage, reference: LoadedIma
     The UNet is held for both images (:meth:`Models.in_use`): a transfer running in
     another thread has its processors installed on it. With ``blocking=False`` a busy
     model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
-    ``cancel`` (anything with ``is_set()``) stops the work between two batches of noise
-    draws with :class:`~e4e_lab.errors.TransferCancelled`; ``progress`` reports the
+    ``cancel`` (a ``threading.Event``) stops the work, while it waits for the model or
+    between two batches of noise draws, with :class:`~e4e_lab.errors.TransferCancelled`; ``progress`` reports the
     draws of both images (:func:`e4e_lab.progress.reporting`: a callback, ``True`` for a
     bar, or a session's bars).
     """
     s = settings
     total, done = 2 * s.ensemble, [0]
-    with models.in_use(blocking, action), reporting(progress, "DIFT features",
-                                                    "draw") as report:
-        def draws(n: int) -> None:
-            done[0] += n
-            if report is not None:
-                report(done[0], total)
+    try:
+        with models.in_use(blocking, action, cancel), reporting(progress, "DIFT features",
+                                                                "draw") as report:
+            def draws(n: int) -> None:
+                done[0] += n
+                if report is not None:
+                    report(done[0], total)
 
-        draws(0)
-        try:
+            draws(0)
             return tuple(dift_features(models, image, s.timestep, s.block, s.ensemble,
                                        s.prompt, s.seed, cancel=cancel, on_draws=draws)
                          for image in (target, reference))
-        except TransferCancelled:
-            raise TransferCancelled(done[0], total, "DIFT features", "noise draw") from None
+    except TransferCancelled:  # while waiting for the model, or between two batches
+        raise TransferCancelled(done[0], total, "DIFT features", "noise draw") from None
 
 
 def dift_field(models: Models, target: LoadedImage, reference: LoadedImage,
