@@ -170,3 +170,19 @@ def test_widget_workers_show_their_own_bar_not_the_sessions(bars, models, tmp_pa
     assert made == [] and panel.progress.value == fast_config.denoising_steps
     # a notebook session shows bars by default
     assert widgets.open_lab(models=models, cache_dir=tmp_path / "other").bars.active
+
+
+def test_the_comparison_bar_moves_every_denoising_step(lab, build_pair, fast_config):
+    pytest.importorskip("ipywidgets")
+    from widgets import ComparisonGrid
+
+    grid = ComparisonGrid(lab, build_pair(lab), fast_config, methods=("feature", "v"))
+    seen, said = [], []
+    grid.progress.observe(lambda change: seen.append(change["new"]), names="value")
+    grid.status.observe(lambda change: said.append(change["new"]), names="value")
+    assert grid.run(block=True) and grid.state == "done", grid.error
+    steps = fast_config.denoising_steps
+    assert grid.progress.max == 2 * steps and seen[-1] == 2 * steps
+    assert set(range(1, 2 * steps + 1)) <= set(seen)  # within a method, not once per method
+    assert any("Eye-for-an-eye (V), method 2 of 2; denoising steps: " in s and "left" in s
+               for s in said)
