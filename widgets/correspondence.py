@@ -78,11 +78,9 @@ class CorrespondenceExplorer(DiftComputation, LabWidget):
         self.widget = self._layout()
         if self.layer.options:
             self._on_layer(None)
-        self._show_source_controls()
+        self.refresh_source()
         if source == "dift" and compute:
-            self.compute_dift()
-        else:
-            self.refresh_source()
+            self.compute_dift()  # in the background: wait() for it
 
     def _build_controls(self, source: str, block: int, timestep: int, ensemble: int,
                         restrict: bool, hover: bool, opacity: float) -> None:

@@ -129,9 +129,9 @@ def pair_dift_features(models: Models, target: LoadedImage, reference: LoadedIma
     another thread has its processors installed on it. With ``blocking=False`` a busy
     model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
     ``cancel`` (a ``threading.Event``) stops the work, while it waits for the model or
-    between two batches of noise draws, with :class:`~e4e_lab.errors.TransferCancelled`; ``progress`` reports the
-    draws of both images (:func:`e4e_lab.progress.reporting`: a callback, ``True`` for a
-    bar, or a session's bars).
+    between two batches of noise draws, with :class:`~e4e_lab.errors.TransferCancelled`;
+    ``progress`` reports the draws of both images (:func:`e4e_lab.progress.reporting`:
+    a callback, ``True`` for a bar, or a session's bars).
     """
     s = settings
     total, done = 2 * s.ensemble, [0]
