@@ -33,6 +33,7 @@ class DiftComputation(BackgroundRun):
         """``compute_button`` ("Compute features"), ``stop_button`` and the ``progress`` bar."""
         self._run_buttons("Compute features", "cogs", "")
         self.compute_button = self.run_button
+        self.compute_button.layout.width = "auto"  # its whole label, never cut short
         self.progress = W.IntProgress(value=0, min=0, max=1, description="draws")
 
     def run(self, block: bool = False) -> bool:

@@ -65,6 +65,7 @@ class PartExplorer(BackgroundRun, LabWidget):
                                      description="opacity", continuous_update=False)
         self._run_buttons("Find parts", "cogs", "")
         self.compute_button = self.run_button
+        self.compute_button.layout.width = "auto"  # its whole label, never cut short
         self.progress = W.IntProgress(value=0, min=0, max=1, description="draws")
         # a new k re-clusters the features held; while they are being computed, the
         # worker clusters at the slider's k when they arrive
