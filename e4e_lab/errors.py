@@ -49,11 +49,12 @@ class ModelBusy(E4ELabError, RuntimeError):
 
 
 class TransferCancelled(E4ELabError):
-    """The run was stopped between two denoising steps by the caller."""
+    """The run was stopped between two of its steps by the caller (denoising steps of a
+    transfer; noise draws of DIFT features: ``what`` and ``unit`` say which)."""
 
-    def __init__(self, step: int, total: int):
-        self.step, self.total = step, total
-        super().__init__(f"transfer cancelled before step {step} of {total}")
+    def __init__(self, step: int, total: int, what: str = "transfer", unit: str = "step"):
+        self.step, self.total, self.what = step, total, what
+        super().__init__(f"{what} cancelled before {unit} {step} of {total}")
 
 
 class E4ELabWarning(UserWarning):

@@ -39,18 +39,28 @@ from .method.regions import RegionPair
 from .method.transfer import StepEvent, TransferResult, run_multi_transfer
 from .models.device import check_fits, check_session
 from .models.loading import Models, load_pipeline
+from .progress import BarFactory, SessionBars, on_steps
 
 log = logging.getLogger(__name__)
 
 
 class Lab:
-    """Models + caches + the stages, for one user session."""
+    """Models + caches + the stages, for one user session.
+
+    ``progress``: ``True`` shows a ``tqdm.auto`` bar (with a time estimate) for every
+    inversion, DIFT feature computation and denoising loop, ``False`` (the default) none,
+    and a tqdm-like factory makes the bars itself (:mod:`e4e_lab.progress`);
+    ``widgets.open_lab`` turns them on. Widgets that show their own progress turn them
+    off in their worker threads (:func:`e4e_lab.progress.quiet`).
+    """
 
     def __init__(self, model: str = "auto", device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, cache_dir: str | os.PathLike | None = None,
                  use_disk_cache: bool = True, sam=None, sam_checkpoint: str | None = None,
-                 models: Models | None = None):
+                 models: Models | None = None, progress: bool | BarFactory = False):
         device, dtype = check_session(device, dtype, cache_dir)  # typed errors, not torch's
+        #: progress bars of inversions, DIFT features and denoising (e4e_lab.progress)
+        self.bars = SessionBars(progress)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
         self.models = models or load_pipeline(model, device=device, dtype=dtype,
                                               cache_dir=self.cache_dir)
@@ -232,15 +242,21 @@ class Lab:
                progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
         """Inversions of ``images`` (memory cache, then disk cache, then computed together)."""
         from .io.cache import key_of
+        from .method import schedule
         from .method.inversion import cache_spec
 
         inv_cfg = config.inversion
         keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]
         missing = [n for n, k in enumerate(keys) if k not in self._inversions]
         if missing:
-            with self.models.in_use():
+            def what(total: int) -> str:  # called in the lock, as the work starts
+                per_image = len(schedule.timesteps_for(self.models.scheduler,
+                                                       inv_cfg.num_steps))
+                return f"inverting {total // per_image} image(s)"
+
+            with self.models.in_use(), self.bars.track(what, "step", progress) as report:
                 done = invert(self.models, [images[n] for n in missing], inv_cfg,
-                              cache=self.disk_cache, progress=progress)
+                              cache=self.disk_cache, progress=report)
             # by position: on a GPU the chunk size in the key follows the free memory,
             # which may have changed since ``keys`` were made
             for n, res in zip(missing, done):
@@ -253,8 +269,10 @@ class Lab:
         self._inversions.clear()
 
     # -------------------------------------------------------------- stage 4 --
-    def dift_field(self, pair: Pair | MultiPair, config: TransferConfig) -> CorrespondenceField:
-        """The DIFT correspondence of a one-object pair's target and reference regions."""
+    def dift_field(self, pair: Pair | MultiPair, config: TransferConfig,
+                   cancel=None) -> CorrespondenceField:
+        """The DIFT correspondence of a one-object pair's target and reference regions
+        (``cancel``: a ``threading.Event`` that stops it between batches of noise draws)."""
         from .models.dift import DiftSettings, dift_field
 
         if len(pair.regions) != 1:
@@ -262,7 +280,8 @@ class Lab:
                               "pair: use correspondence='match' with several objects")
         (region,) = pair.regions
         return dift_field(self.models, pair.structure, pair.references[region.reference],
-                          region.target_mask, region.ref_mask, DiftSettings.from_config(config))
+                          region.target_mask, region.ref_mask, DiftSettings.from_config(config),
+                          cancel=cancel, progress=self.bars)
 
     def transfer(self, pair: Pair | MultiPair, config: TransferConfig,
                  callback: Callable[[StepEvent], None] | None = None, cancel=None,
@@ -277,9 +296,12 @@ class Lab:
         with self.models.in_use():
             *refs, structure = self.invert(pair.references + [pair.structure], config,
                                            progress=inversion_progress)
-            field = self.dift_field(pair, config) if config.correspondence == "dift" else None
-            return run_multi_transfer(self.models, refs, structure, pair.regions, config,
-                                      callback=callback, cancel=cancel, dift_field=field,
-                                      recorder=recorder)
+            field = self.dift_field(pair, config, cancel) \
+                if config.correspondence == "dift" else None
+            with self.bars.track("denoising") as report:
+                steps = on_steps(report, callback, config.denoising_steps)
+                return run_multi_transfer(self.models, refs, structure, pair.regions, config,
+                                          callback=steps, cancel=cancel, dift_field=field,
+                                          recorder=recorder)
 
     transfer_multi = transfer  # the same call (kept for code written before they were one)

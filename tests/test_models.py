@@ -178,9 +178,9 @@ def test_every_dift_user_gets_the_same_features_from_one_function(lab, build_pai
     cfg = fast_config.replace(dift_ensemble=2)
     calls, real = [], dift.pair_dift_features
 
-    def spy(models, target, reference, settings, *args):
+    def spy(models, target, reference, settings, *args, **kwargs):
         calls.append((settings, models.lock._is_owned()))
-        return real(models, target, reference, settings, *args)
+        return real(models, target, reference, settings, *args, **kwargs)
 
     monkeypatch.setattr(dift, "pair_dift_features", spy)
     field = lab.dift_field(pair, cfg)

@@ -211,7 +211,7 @@ def test_pair_mask_editor_builds_the_pair(shared_lab, pair):
 def test_explorer_dift_heatmap_argmax_is_nearest_neighbor(shared_lab, pair, monkeypatch):
     ex = CorrespondenceExplorer(shared_lab, pair, block=2, timestep=261, ensemble=2, compute=False)
     assert ex.lookup is None and "Compute" in ex.status.value  # nothing computed yet
-    lookup = ex.compute_dift()
+    lookup = ex.compute_dift(block=True)
     grid = lookup.target_grid
     assert grid == (8, 8) and lookup.ref_grid == (8, 8)
 
@@ -249,6 +249,7 @@ def test_explorer_dift_heatmap_argmax_is_nearest_neighbor(shared_lab, pair, monk
 
 def test_explorer_hover_is_throttled(shared_lab, pair):
     ex = CorrespondenceExplorer(shared_lab, pair, block=2, ensemble=1, hover_interval=10.0)
+    ex.wait()  # the features are computed in the background
     n = ex.updates
     ex.on_hover(10, 10)
     ex.on_hover(50, 50)

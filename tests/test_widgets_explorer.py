@@ -1,8 +1,10 @@
-"""Correspondence explorer and attention viewer: reuse, staleness, wording, layout."""
+"""Correspondence explorer and attention viewer: reuse, staleness, wording, layout; the
+DIFT and part computations in the background (bar, Stop, the blocking path)."""
 
 from __future__ import annotations
 
 import re
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -149,3 +151,98 @@ def _descendants(widget):
         out.append(w)
         stack.extend(getattr(w, "children", ()) or ())
     return out
+
+
+# ------------------------------------------------- background computations --
+
+class _HeldDraws:
+    """Replaces ``up_block_features``: its first call waits until ``release`` is set
+    (after announcing itself with ``entered``), so that a test can act while a
+    computation is under way."""
+
+    def __init__(self, monkeypatch):
+        from e4e_lab.models import dift
+
+        self.real, self.calls = dift.up_block_features, 0
+        self.entered, self.release = threading.Event(), threading.Event()
+        monkeypatch.setattr(dift, "up_block_features", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            assert self.release.wait(30), "the test never released the computation"
+        return self.real(*args, **kwargs)
+
+
+def test_explorer_stop_cancels_dift_and_the_explorer_stays_usable(shared_lab, pair,
+                                                                   dift_lookup, monkeypatch):
+    ex = CorrespondenceExplorer(shared_lab, pair, lookup=dift_lookup, block=2, timestep=261,
+                                ensemble=3)  # sliders ask for features not held
+    held = _HeldDraws(monkeypatch)
+    assert ex.compute_dift() is None  # returns at once; the work runs in a thread
+    assert held.entered.wait(30) and ex.running and ex.state == "computing"
+    assert ex.compute_button.disabled and not ex.stop_button.disabled
+    assert ex.source.value == "dift" and ex.heat is None  # not the given source's heatmap
+    # meanwhile the explorer answers clicks on the features it holds
+    ex.source.value = "given"
+    assert ex.select(20, 33) is not None and ex.heat is not None
+    assert not ex.run() and "Stop" in ex.status.value  # one computation at a time
+    ex.stop()
+    held.release.set()
+    assert ex.wait(30) == "cancelled" and not ex.running
+    assert "stopped after 3 of 6 noise draws" in ex.status.value
+    assert ex.progress.bar_style == "warning" and held.calls == 1  # the 2nd image never ran
+    assert not ex.compute_button.disabled and ex.stop_button.disabled
+    assert (2, 261, 3, "", 0) not in ex.dift_cache
+    assert ex.source.value == "given" and ex.lookup is dift_lookup  # untouched
+    # and it computes again, to the end
+    lookup = ex.compute_dift(block=True)
+    assert ex.state == "done" and lookup is ex.lookup and ex.source.value == "dift"
+    assert lookup.settings["ensemble"] == 3 and ex.heat is not None
+
+
+def test_explorer_blocking_compute_reports_draws_with_a_time_estimate(shared_lab, pair):
+    ex = CorrespondenceExplorer(shared_lab, pair, block=2, ensemble=2)  # starts computing
+    assert ex.wait(30) == "done" and ex.lookup is not None  # the notebook's way to wait
+    said = []
+    ex.status.observe(lambda change: said.append(change["new"]), names="value")
+    ex.ensemble.value = 3
+    lookup = ex.compute_dift(block=True)
+    assert lookup is ex.dift_cache[(2, 261, 3, "", 0)] and ex.lookup is lookup
+    assert ex.progress.value == ex.progress.max == 6 and ex.progress.bar_style == "success"
+    halfway = [s for s in said if "noise draws: 3/6" in s]
+    assert halfway and "left" in halfway[0]
+    assert ex.compute_dift(block=True) is lookup and ex.progress.value == 6  # held: no pass
+
+
+def test_part_explorer_stop_then_blocking_compute(shared_lab, pair, monkeypatch):
+    from e4e_lab import TransferConfig
+    from widgets import PartExplorer
+
+    cfg = TransferConfig(dift_block=2, dift_ensemble=2)
+    held = _HeldDraws(monkeypatch)
+    pe = PartExplorer(shared_lab, pair, cfg, k=3)  # starts in the background
+    assert held.entered.wait(30) and pe.running and pe.parts is None
+    pe.k.value = 2  # chosen meanwhile: the one clustered once the features are there
+    pe.stop()
+    held.release.set()
+    assert pe.wait(30) == "cancelled" and pe.features is None and pe.feature_passes == 0
+    assert "stopped after 2 of 4 noise draws" in pe.status.value
+    assert pe.compute(block=True) is pe.parts and pe.state == "done"
+    assert pe.parts.k == 2 and pe.feature_passes == 1
+    assert pe.progress.value == 4 and "2 parts" in pe.status.value
+    pe.k.value = 3  # re-clusters at once, without a UNet pass
+    assert pe.parts.k == 3 and pe.feature_passes == 1
+
+
+def test_explorer_waits_for_a_busy_model_in_its_thread_and_stop_ends_the_wait(shared_lab,
+                                                                             pair):
+    ex = CorrespondenceExplorer(shared_lab, pair, block=2, ensemble=2, compute=False)
+    with shared_lab.models.in_use():  # a transfer holding the UNet (here: this thread)
+        assert ex.compute_dift() is None and ex.running  # not refused, not blocking
+        assert ex.wait(0.5) == "computing" and ex.running  # waiting for the model
+        ex.stop()
+        assert ex.wait(30) == "cancelled"
+    assert "stopped after 0 of 4 noise draws" in ex.status.value
+    assert ex.compute_dift(block=True) is not None and ex.state == "done"

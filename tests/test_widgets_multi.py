@@ -184,7 +184,7 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
     assert grid.methods() == methods
     assert grid.run(block=True) and grid.state == "done", grid.error
     assert [r.method for r in grid.results] == list(methods) and grid.inverted
-    assert grid.progress.value == grid.progress.max == 4
+    assert grid.progress.value == grid.progress.max == 4 * cfg.denoising_steps
     assert len(list(lab.disk_cache.folder.glob("*.safetensors"))) == 2  # one per image
     assert len(grid.grid.children) == 2 + 4
     assert "Cross-Image Attention" in grid.table.value and "<b>" in grid.table.value
@@ -206,7 +206,8 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
 
     # Stop after the first method: the finished one is kept, the rest are not run
     grid.set_methods(["kv", "feature"])
-    grid.progress.observe(lambda ch: ch["new"] == 1 and grid.stop_button.click(), "value")
+    steps = cfg.denoising_steps  # the bar counts every method's denoising steps
+    grid.progress.observe(lambda ch: ch["new"] == steps and grid.stop_button.click(), "value")
     assert grid.run(block=True) and grid.state == "cancelled"
     assert grid.methods() == ("feature", "kv")  # in the grid's order
     assert [r.method for r in grid.results] == ["feature"] and not grid.inverted
@@ -224,6 +225,7 @@ def test_comparison_grid_matches_lab_transfer_with_one_inversion(lab, cfg):
 def test_part_explorer_confusion_counts_the_matches(shared_lab, cfg):
     pair = example_pair(shared_lab)
     pe = PartExplorer(shared_lab, pair, cfg, k=4)
+    assert pe.wait() == "done"  # the features are computed in the background
     parts, fld = pe.parts, pe.parts.field
     conf = parts.confusion
     assert conf.shape == (4, 4) and pe.feature_passes == 1

@@ -2,17 +2,22 @@
 
 The kernel stays free to handle widget events while the work runs (the Stop button, the
 other viewers). Stop sets a ``threading.Event`` that the library checks between steps
-(``cancel=`` of ``Lab.transfer`` and ``compare_methods``).
+(``cancel=`` of ``Lab.transfer``, ``compare_methods`` and the DIFT features). The widget
+shows its own bar, so the session's tqdm bars are off in the worker thread
+(:func:`e4e_lab.progress.quiet`): nothing stray is printed under the cell.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 
 import ipywidgets as W
 
 from e4e_lab.errors import E4ELabError
+from e4e_lab.progress import quiet
 
 from .common import status_html
 
@@ -30,9 +35,10 @@ class BackgroundRun:
     busy_message = "a run is in progress: Stop it first"
     what = "run"  # names the work in logs
 
-    def _run_buttons(self) -> None:
+    def _run_buttons(self, description: str = "Run", icon: str = "play",
+                     style: str = "success") -> None:
         """``run_button`` (calls ``self.run()``) and ``stop_button`` (``self.stop()``)."""
-        self.run_button = W.Button(description="Run", icon="play", button_style="success")
+        self.run_button = W.Button(description=description, icon=icon, button_style=style)
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="danger",
                                     disabled=True)
         self.run_button.on_click(lambda _: self.run())
@@ -43,6 +49,13 @@ class BackgroundRun:
         if "_cancel" not in self.__dict__:
             self._cancel = threading.Event()
         return self._cancel
+
+    @property
+    def draw_lock(self) -> threading.RLock:
+        """Held while the views are redrawn (see :func:`drawing`)."""
+        if "_draw_lock" not in self.__dict__:
+            self._draw_lock = threading.RLock()
+        return self._draw_lock
 
     @property
     def running(self) -> bool:
@@ -64,6 +77,7 @@ class BackgroundRun:
         self.run_button.disabled, self.stop_button.disabled = True, False
         self.progress.bar_style = ""
         self.status.value = status_html("starting...")
+        self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._guarded, args=(target, args), name=name,
                                         daemon=True)
         self._thread.start()
@@ -85,7 +99,8 @@ class BackgroundRun:
 
     def _guarded(self, target, args: tuple) -> None:
         try:
-            target(*args)
+            with quiet():  # the widget's bar, not the session's tqdm bars
+                target(*args)
         except Exception as exc:  # shown in the widget; the thread must not die silently
             self._failed(exc)
         finally:
@@ -94,6 +109,16 @@ class BackgroundRun:
     @property
     def cache_note(self) -> str:
         return "inverted the pair" if self.inverted else "inversion reused from the cache"
+
+    def _report(self, done: int, total: int, what: str) -> None:
+        """Move the bar to ``done`` of ``total`` and say so in the status, with the time
+        taken and, once something is done, an estimate of the time left."""
+        self.progress.max, self.progress.value = max(1, total), done
+        elapsed = time.perf_counter() - getattr(self, "_started", time.perf_counter())
+        text = f"{what}: {done}/{total}, {duration(elapsed)}"
+        if 0 < done < total:
+            text += f", about {duration(elapsed / done * (total - done))} left"
+        self.status.value = status_html(text)
 
     def _failed(self, exc: BaseException) -> None:
         """Show an error of the worker."""
@@ -105,3 +130,21 @@ class BackgroundRun:
 
     def _idle(self) -> None:
         self.run_button.disabled, self.stop_button.disabled = False, True
+
+
+def duration(seconds: float) -> str:
+    """``12 s`` or ``2.5 min``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def drawing(method):
+    """Run a method that redraws the views under the widget's :attr:`draw_lock`: the
+    worker thread shows its result while the user may be clicking, and two redraws must
+    not interleave their canvas commands."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.draw_lock:
+            return method(self, *args, **kwargs)
+
+    return locked

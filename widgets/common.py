@@ -69,8 +69,11 @@ _ANNOUNCERS = ("e4e_lab.models.loading", "e4e_lab.models.random_sd")
 def open_lab(**kwargs):
     """``Lab(**kwargs)`` for a notebook cell, which then shows one banner: the HTML one
     (wording from ``e4e_lab.models.BANNERS``), not also the loading log's warning that
-    announces the same model in other words. Other warnings pass."""
+    announces the same model in other words. Other warnings pass. Its long calls
+    (inversions, DIFT features, denoising) show progress bars unless ``progress=False``."""
     from e4e_lab import Lab
+
+    kwargs.setdefault("progress", True)
 
     held = _RepeatsTheBanner()
     loggers = [logging.getLogger(name) for name in _ANNOUNCERS]

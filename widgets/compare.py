@@ -11,6 +11,7 @@ score is in bold.
 from __future__ import annotations
 
 import html
+import time
 
 import ipywidgets as W
 
@@ -50,7 +51,7 @@ class ComparisonGrid(BackgroundRun, LabWidget):
                                            indent=False, layout=W.Layout(width="auto"))
                              for m in ALL_METHODS}
         self._run_buttons()
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="methods",
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="steps",
                                       layout=W.Layout(width="460px"))
         self.status = W.HTML(status_html("ready: choose methods and press Run"))
         self.grid = W.HBox(layout=W.Layout(flex_flow="row wrap"))
@@ -86,7 +87,10 @@ class ComparisonGrid(BackgroundRun, LabWidget):
             self.status.value = status_html("tick at least one method", "warn")
             return False
         self.state, self.error, self.results = "running", None, []
-        self.progress.max, self.progress.value = len(methods), 0
+        # the bar counts denoising steps over every method (Paint-by-Example counts as
+        # one method's steps), so that it moves within a method and its estimate holds
+        self._steps, self._method = self.config.denoising_steps, (0, len(methods), "")
+        self.progress.max, self.progress.value = len(methods) * self._steps, 0
         self.grid.children = tuple(self.inputs)
         self.table.value = self.pair_scores.value = ""
         return self._start(self._work, (methods,), "e4e-compare", block)
@@ -99,7 +103,7 @@ class ComparisonGrid(BackgroundRun, LabWidget):
         results = compare_methods(
             self.lab, self.pair, methods, self.config, progress=self._on_progress,
             cancel=self.cancel_event, pbe=self.pbe, inversion_progress=self._on_inversion,
-            k_parts=self.k_parts, pbe_steps=self.pbe_steps)
+            k_parts=self.k_parts, pbe_steps=self.pbe_steps, step_callback=self._on_step)
         self.results = results
         self.show_results(results)
         if len(results) < len(methods):
@@ -115,17 +119,25 @@ class ComparisonGrid(BackgroundRun, LabWidget):
 
     def _on_inversion(self, done: int, total: int) -> None:
         self.inverted = True
+        self._started = time.perf_counter()  # the estimate counts the methods' steps only
         self.status.value = status_html(f"inverting the pair once for every method: "
                                         f"{done}/{total} UNet evaluations")
 
     def _on_progress(self, done: int, total: int, method: str, result) -> None:
         if result is None:
+            self._method = (done, total, METHOD_LABELS[method])
             self.status.value = status_html(f"running {METHOD_LABELS[method]} "
                                             f"({done + 1}/{total})...")
             return
-        self.progress.value = done
+        self.progress.value = done * self._steps
         self.results = self.results + [result]
         self.show_results(self.results)
+
+    def _on_step(self, event) -> None:
+        """A denoising step of the current method: the bar, and the time left."""
+        n, total, label = self._method
+        self._report(n * self._steps + event.step + 1, total * self._steps,
+                     f"running {label}, method {n + 1} of {total}; denoising steps")
 
     # -------------------------------------------------------------- drawing --
     def _cell(self, image, label: str, caption_html: str) -> W.VBox:

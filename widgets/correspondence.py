@@ -3,7 +3,8 @@
 Sources:
 
 - ``dift``: DIFT features of both images (block, timestep and ensemble size chosen
-  with sliders, computed when "Compute" is pressed and cached per setting);
+  with sliders, computed in the background when "Compute features" is pressed, with a
+  bar and Stop, and cached per setting: :mod:`widgets.explorer_dift`);
 - ``recorded``: the matches a transfer used at one injected layer and step (a result
   from :func:`e4e_lab.analysis.recording.transfer_with_features` also carries the
   features, so the heatmap that explains each match is shown too);
@@ -27,15 +28,20 @@ from e4e_lab.analysis.grids import cell_center, cell_rect, pixel_to_cell, short_
 from e4e_lab.analysis.lookup import FeatureLookup
 from e4e_lab.analysis.recording import recorded_layers, recorded_steps
 from e4e_lab.analysis.warps import unused_fraction, unused_reference, warped_reference
-from e4e_lab.errors import ModelBusy
 
 from . import render
+from .background import drawing
 from .canvas import ImageCanvas, hold_canvas
 from .common import LabWidget, captioned, image_widget, set_image, status_html
+from .explorer_dift import DiftComputation
 from .explorer_text import STALE_TEXT, selection_text
 
 
-class CorrespondenceExplorer(LabWidget):
+class CorrespondenceExplorer(DiftComputation, LabWidget):
+    """Click a target pixel, see its match and similarity heatmap. DIFT features are
+    computed in a background thread (``compute=True`` starts that at once for the DIFT
+    source): call :meth:`wait` (or ``compute_dift(block=True)``) before reading them."""
+
     def __init__(self, lab, pair, result=None, lookup: FeatureLookup | None = None,
                  block: int = 1, timestep: int = 261, ensemble: int = 4, prompt: str | None = None,
                  seed: int = 0, source: str | None = None, display_size: int = 256,
@@ -72,11 +78,9 @@ class CorrespondenceExplorer(LabWidget):
         self.widget = self._layout()
         if self.layer.options:
             self._on_layer(None)
-        self._show_source_controls()
+        self.refresh_source()
         if source == "dift" and compute:
-            self.compute_dift()
-        else:
-            self.refresh_source()
+            self.compute_dift()  # in the background: wait() for it
 
     def _build_controls(self, source: str, block: int, timestep: int, ensemble: int,
                         restrict: bool, hover: bool, opacity: float) -> None:
@@ -94,8 +98,7 @@ class CorrespondenceExplorer(LabWidget):
                                     description="timestep", continuous_update=False)
         self.ensemble = W.IntSlider(value=ensemble, min=1, max=16, description="ensemble",
                                     continuous_update=False)
-        self.compute_button = W.Button(description="Compute features", icon="cogs")
-        self.compute_button.on_click(lambda _: self.compute_dift())
+        self._dift_controls()
         layers = recorded_layers(self.recorder) if self.recorder else []
         grids = getattr(self.recorder, "grids", {})
         self.layer = W.Dropdown(
@@ -109,7 +112,9 @@ class CorrespondenceExplorer(LabWidget):
                                      description="heat opacity")
         self.info = W.HTML()
         self.status = W.HTML()
-        self.dift_box = W.HBox([self.block, self.timestep, self.ensemble, self.compute_button])
+        self.dift_box = W.VBox([
+            W.HBox([self.block, self.timestep, self.ensemble]),
+            W.HBox([self.compute_button, self.stop_button, self.progress])])
         self.recorded_box = W.HBox([self.layer, self.step])
         self.source.observe(lambda _: self.refresh_source(), names="value")
         self.layer.observe(self._on_layer, names="value")
@@ -152,28 +157,6 @@ class CorrespondenceExplorer(LabWidget):
         if self.source.value == "dift":  # reuses features held for these settings
             self.refresh_source()
 
-    def compute_dift(self) -> FeatureLookup | None:
-        """Compute (or reuse) DIFT features for the slider settings and show them."""
-        key = self._dift_key()
-        if key not in self.dift_cache:
-            block, t, ens, prompt, seed = key
-            self.status.value = status_html(f"computing DIFT features (block {block}, t={t}, "
-                                            f"ensemble {ens})...")
-            p = self.pair
-            try:
-                self.dift_cache[key] = FeatureLookup.from_dift(
-                    self.lab.models, p.structure, p.appearance, p.structure_mask,
-                    p.appearance_mask, timestep=t, block=block, ensemble=ens, prompt=prompt,
-                    seed=seed, blocking=False)
-            except (ModelBusy, ValueError) as exc:
-                self.status.value = status_html(str(exc), "error")
-                return None
-        if self.source.value != "dift":
-            self.source.value = "dift"  # triggers refresh_source
-        else:
-            self.refresh_source()
-        return self.dift_cache[key]
-
     def _on_layer(self, _change) -> None:
         steps = recorded_steps(self.recorder, self.layer.value) if self.layer.value else []
         with_features = set()
@@ -200,6 +183,7 @@ class CorrespondenceExplorer(LabWidget):
         self.source.value = "recorded"
         self.refresh_source()
 
+    @drawing
     def refresh_source(self) -> None:
         """Take the correspondence of the selected source; redraw views and the selection."""
         self._show_source_controls()
@@ -208,7 +192,7 @@ class CorrespondenceExplorer(LabWidget):
         self.lookup, self.field = None, None
         if src == "dift":
             self.lookup = self.dift_cache.get(self._dift_key())
-            if self.lookup is None:
+            if self.lookup is None and self.state != "computing":
                 self.status.value = status_html("press 'Compute features' for DIFT maps", "warn")
         elif src == "given":
             self.lookup = self.given
@@ -249,6 +233,7 @@ class CorrespondenceExplorer(LabWidget):
         return None if self.field is None else self.field.ref_shape
 
     # ------------------------------------------------------------- clicking --
+    @drawing
     def select(self, x: float, y: float) -> int | None:
         """Select target model pixel (x, y): heatmap and best match; returns the match."""
         self.selected = (float(x), float(y))

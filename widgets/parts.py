@@ -7,6 +7,11 @@ reference part their match lies in (columns) under the correspondence field: a s
 diagonal means parts take colour from the same part (the wing from the wing). Changing
 k re-clusters the same features (no UNet pass); click a part on either image to
 highlight it on both and in the matrix.
+
+The features are computed in a background thread (the transfer panel's pattern,
+:class:`~widgets.background.BackgroundRun`) with a bar, a time estimate and Stop; a
+notebook that reads the parts in its next cell calls ``compute(block=True)`` or
+:meth:`PartExplorer.wait`.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import torch
 
 from e4e_lab.analysis.grids import pixel_to_cell
 from e4e_lab.analysis.parts import PairFeatures, PairParts, pair_features, pair_parts
-from e4e_lab.errors import ConfigError
-from e4e_lab.errors import ModelBusy
+from e4e_lab.errors import ConfigError, TransferCancelled
 from e4e_lab.method.config import TransferConfig
 
 from . import render
+from .background import BackgroundRun, drawing
 from .canvas import ImageCanvas
 from .common import LabWidget, captioned, status_html
 
@@ -34,7 +39,11 @@ def _swatch(color) -> str:
             f"background:{render.css(color)}'></span>")
 
 
-class PartExplorer(LabWidget):
+class PartExplorer(BackgroundRun, LabWidget):
+    what = "part discovery"
+    stop_message = "stopping after the current batch of noise draws..."
+    busy_message = "the DIFT features are being computed: Stop them first, or wait"
+
     def __init__(self, lab, pair, config: TransferConfig | None = None, k: int = 4,
                  ensemble: int | None = None, field=None, display_size: int = 256,
                  opacity: float = 0.55, compute: bool = True):
@@ -47,15 +56,21 @@ class PartExplorer(LabWidget):
         self.highlight: int | None = None
         self.feature_passes = 0  # UNet feature computations (changing k adds none)
         self.clusterings = 0
+        self.state, self.error = "idle", None
         self._adjusting = False
 
         self.k = W.IntSlider(value=k, min=1, max=MAX_K, description="parts (k)",
                              continuous_update=False)
         self.opacity = W.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05,
                                      description="opacity", continuous_update=False)
-        self.compute_button = W.Button(description="Find parts", icon="cogs")
-        self.compute_button.on_click(lambda _: self.compute())
-        self.k.observe(lambda _: self._adjusting or self.compute(), names="value")
+        self._run_buttons("Find parts", "cogs", "")
+        self.compute_button = self.run_button
+        self.compute_button.layout.width = "auto"  # its whole label, never cut short
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="draws")
+        # a new k re-clusters the features held; while they are being computed, the
+        # worker clusters at the slider's k when they arrive
+        self.k.observe(lambda _: self._adjusting or self.features is None or self._cluster(),
+                       names="value")
         self.opacity.observe(lambda _: self.draw(), names="value")
         self.status = W.HTML()
         self.target_view = ImageCanvas(pair.structure, display_size)
@@ -66,7 +81,8 @@ class PartExplorer(LabWidget):
         self.summary = W.HTML()
         source = "the given correspondence" if field is not None else "DIFT nearest neighbours"
         self.widget = self._frame(
-            W.HBox([self.k, self.opacity, self.compute_button]), self.status,
+            W.HBox([self.k, self.opacity]),
+            W.HBox([self.compute_button, self.stop_button, self.progress]), self.status,
             W.HBox([captioned(self.target_view.canvas, "target (structure) parts"),
                     captioned(self.ref_view.canvas, "reference (appearance) parts")]),
             W.HTML(f"<b>target part &rarr; reference part it matches</b> "
@@ -74,30 +90,74 @@ class PartExplorer(LabWidget):
             self.matrix, self.summary, title="Part discovery")
         if compute:
             self.compute()
+        else:
+            self.status.value = status_html("press 'Find parts' to compute the DIFT features "
+                                            "of both images")
 
     # -------------------------------------------------------------- compute --
-    def compute(self) -> PairParts | None:
-        """Cluster at the slider's k (DIFT features computed once, on first use)."""
-        if self.features is None:
-            self.status.value = status_html("computing DIFT features of both images...")
-            try:
-                self.features = pair_features(self.lab, self.pair, self.config, self.ensemble,
-                                              blocking=False)
-            except (ModelBusy, ValueError) as exc:
-                self.status.value = status_html(str(exc), "error")
-                return None
-            self.feature_passes += 1
-            self._adjusting = True  # a lower maximum clamps k: cluster once, below
-            try:
-                self.k.max = min(MAX_K, self.features.max_k)
-            finally:
-                self._adjusting = False
+    def run(self, block: bool = False) -> bool:
+        """What the "Find parts" button does (:meth:`compute`); False if refused."""
+        if self._refuse_if_running():
+            return False
+        self.compute(block=block)
+        return True
+
+    def compute(self, block: bool = False) -> PairParts | None:
+        """Cluster at the slider's k. The DIFT features are computed once, on first use,
+        in a worker thread (``block=True`` waits for it); it clusters at the slider's k
+        when they are there, so a k chosen meanwhile is the one used. Returns the parts
+        if they are there by the time it returns."""
+        if self.features is not None:
+            return self._cluster()
+        if not self.running:
+            self.state, self.error = "computing", None
+            self._start(self._features_work, (), "e4e-parts", block)
+        elif block:
+            self.wait()
+        return self.parts
+
+    def _features_work(self) -> None:
+        what = (f"DIFT features of both images (up-block {self.config.dift_block}, "
+                f"t={self.config.dift_timestep}), noise draws")
+        self.status.value = status_html(f"{what}: starting (after the transfer using the "
+                                        "model, if one is running)...")
+        try:  # waits for the model in this thread: the kernel stays free, Stop ends it
+            features = pair_features(self.lab, self.pair, self.config, self.ensemble,
+                                     blocking=True, cancel=self.cancel_event,
+                                     progress=lambda d, n: self._report(d, n, what))
+        except TransferCancelled as exc:
+            self.state = "cancelled"
+            self.progress.bar_style = "warning"
+            self.status.value = status_html(
+                f"stopped after {exc.step} of {exc.total} noise draws; nothing was kept: "
+                "press 'Find parts' to start again", "warn")
+            return
+        except ValueError as exc:  # an up-block this UNet does not have
+            self.state, self.error = "failed", exc
+            self.progress.bar_style = "danger"
+            self.status.value = status_html(str(exc), "error")
+            return
+        self.features = features
+        self.feature_passes += 1
+        self._adjusting = True  # a lower maximum clamps k: cluster once, below
         try:
-            self.parts = pair_parts(self.lab, self.pair, self.config, self.k.value,
-                                    features=self.features, field=self.given_field)
+            self.k.max = min(MAX_K, self.features.max_k)
+        finally:
+            self._adjusting = False
+        self.progress.bar_style = "success"
+        self._cluster()
+
+    @drawing
+    def _cluster(self) -> PairParts | None:
+        """Joint parts at the slider's k from the features held (no UNet pass)."""
+        try:
+            parts = pair_parts(self.lab, self.pair, self.config, self.k.value,
+                               features=self.features, field=self.given_field)
         except ConfigError as exc:
+            self.state, self.error = "failed", exc
             self.status.value = status_html(str(exc), "error")
             return None
+        self.parts, self.state = parts, "done"
         self.clusterings += 1
         self.highlight = None
         g = self.features.grid
@@ -132,6 +192,7 @@ class PartExplorer(LabWidget):
     def colors(self) -> list[tuple[int, int, int]]:
         return render.palette(self.parts.k if self.parts is not None else 0)
 
+    @drawing
     def draw(self) -> None:
         if self.parts is None:
             return

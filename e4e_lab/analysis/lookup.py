@@ -69,16 +69,21 @@ class FeatureLookup:
                   target_mask: torch.Tensor | None = None,
                   ref_mask: torch.Tensor | None = None, timestep: int = 261, block: int = 1,
                   ensemble: int = 8, prompt: str = "", seed: int = 0,
-                  blocking: bool = True) -> "FeatureLookup":
+                  blocking: bool = True, cancel=None, progress=None) -> "FeatureLookup":
         """DIFT features of both images (the only expensive step of the explorer).
 
         With ``blocking=False`` a transfer running in another thread makes this raise
         :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting for the UNet.
+        ``cancel`` (a ``threading.Event``) stops it between batches of noise draws with
+        :class:`~e4e_lab.errors.TransferCancelled`; ``progress`` is a ``progress(done,
+        total)`` callback over the draws of both images, ``True`` for a ``tqdm.auto``
+        bar, or a session's bars (``lab.bars``: a bar when the session shows them).
         """
         from ..models.dift import DiftSettings, pair_dift_features
 
         settings = DiftSettings(timestep, block, ensemble, prompt, seed)
-        ft, fr = pair_dift_features(models, target, ref, settings, blocking, "compute features")
+        ft, fr = pair_dift_features(models, target, ref, settings, blocking, "compute features",
+                                    cancel=cancel, progress=progress)
         lookup = cls.from_features(ft.features, fr.features, target_mask, ref_mask,
                                    source=f"DIFT block {block}, t={timestep}, "
                                    f"ensemble {ensemble}")

@@ -123,20 +123,21 @@ class PairFeatures:
 
 
 def pair_features(lab, pair, config, ensemble: int | None = None,
-                  blocking: bool = True) -> PairFeatures:
+                  blocking: bool = True, cancel=None, progress=None) -> PairFeatures:
     """DIFT features of both images of ``pair`` (settings from ``config``: timestep,
     up-block, prompt and seed; ``ensemble`` draws, default ``min(config.dift_ensemble,
     ENSEMBLE_CAP)``) and their masked correspondence field.
 
     The UNet is shared with transfers running in other threads: with ``blocking=False``
     a busy model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
+    ``cancel`` and ``progress`` are :func:`~e4e_lab.models.dift.pair_dift_features`'s.
     """
     from ..models.dift import DiftSettings, pair_dift_features
 
     ens = min(config.dift_ensemble, ENSEMBLE_CAP) if ensemble is None else ensemble
     ft, fr = (f.features for f in pair_dift_features(
         lab.models, pair.structure, pair.appearance, DiftSettings.from_config(config, ens),
-        blocking, "find parts"))
+        blocking, "find parts", cancel=cancel, progress=progress))
     field = CorrespondenceField.from_features(ft, fr, pair.structure_mask, pair.appearance_mask)
     return PairFeatures(ft, fr, field, pair.structure_mask, pair.appearance_mask, ens)
 

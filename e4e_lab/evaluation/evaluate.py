@@ -128,7 +128,7 @@ def load_baseline(lab):
 def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = None,
                     progress: Callable[[int, int, str, "MethodResult | None"], None] | None = None,
                     cancel=None, pbe=None, inversion_progress=None, k_parts: int = 4,
-                    pbe_steps: int = 50) -> list[MethodResult]:
+                    pbe_steps: int = 50, step_callback=None) -> list[MethodResult]:
     """Run ``methods`` on one pair with the same cached inversions and seed, and score them.
 
     Eye-for-an-eye modes and Cross-Image Attention are ``lab.transfer`` with
@@ -138,8 +138,10 @@ def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = No
     timings, and its DIFT parts are computed once for every method's scores.
 
     ``progress(index, total, method, result)`` is called as each method starts (result
-    None) and ends. ``cancel`` (a ``threading.Event``) is checked between methods and
-    between denoising steps; once set, the methods finished so far are returned.
+    None) and ends; ``step_callback`` gets every denoising step's
+    :class:`~e4e_lab.method.transfer.StepEvent` of the transfers. ``cancel`` (a
+    ``threading.Event``) is checked between methods and between denoising steps; once
+    set, the methods finished so far are returned.
     """
     from ..errors import TransferCancelled
     from .baselines import paint_by_example
@@ -164,7 +166,7 @@ def compare_methods(lab, pair, methods=METHODS, base: TransferConfig | None = No
         else:
             cfg = base.replace(injection=method)
             try:
-                result = lab.transfer(pair, cfg, cancel=cancel)
+                result = lab.transfer(pair, cfg, cancel=cancel, callback=step_callback)
             except TransferCancelled:
                 break
             image = result.image

@@ -199,6 +199,7 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
         if progress is not None:
             progress(done[0], total)
 
+    step(0)  # announce the total before the first (slow) UNet batch
     results = []
     for n, (image, chunk) in enumerate(zip(images, chunks)):
         results.append(_invert_one(models, image, config, chunk, embeddings, step))

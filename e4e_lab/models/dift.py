@@ -11,13 +11,16 @@ because it is already loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from ..errors import TransferCancelled
 from ..method.correspondence import CorrespondenceField
 from ..method.images import LoadedImage
 from ..method.latents import encode
 from ..method.seeding import image_generator
+from ..progress import Progress, reporting
 from .freeu import freeu
 from .loading import Models
 
@@ -68,11 +71,15 @@ def up_block_features(models: Models, latents: torch.Tensor, t: int, block: int,
 @torch.no_grad()
 def dift_features(models: Models, image: LoadedImage, timestep: int = 261, block: int = 1,
                   ensemble: int = 8, prompt: str = "", seed: int = 0,
-                  batch_size: int = 8) -> DiftFeatures:
+                  batch_size: int = 8, cancel=None,
+                  on_draws: Callable[[int], None] | None = None) -> DiftFeatures:
     """DIFT features of one image (prompt "" or e.g. "a photo of a bird").
 
     The ensemble's noise is drawn from the image's own stream (``seed`` + its digest):
     two images never share noise, as in DIFT, where each image is noised independently.
+    ``cancel`` (anything with ``is_set()``) is checked before each batch of draws and
+    raises :class:`~e4e_lab.errors.TransferCancelled`; ``on_draws(n)`` is called after
+    each batch with the number of draws it ran.
     """
     x0 = encode(models, [image])
     gen = image_generator(seed, image.digest, "dift")
@@ -80,10 +87,15 @@ def dift_features(models: Models, image: LoadedImage, timestep: int = 261, block
     a = models.scheduler.alphas_cumprod[timestep].to(models.device, torch.float32)
     noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
     emb, _ = models.pipe.encode_prompt(prompt, models.device, 1, False)
-    total = None
+    total, done = None, 0
     for chunk in noisy.split(batch_size):
+        if cancel is not None and cancel.is_set():
+            raise TransferCancelled(done, ensemble, "DIFT features", "noise draw")
         feats = up_block_features(models, chunk, timestep, block, emb).sum(0)
         total = feats if total is None else total + feats
+        done += len(chunk)
+        if on_draws is not None:
+            on_draws(len(chunk))
     return DiftFeatures((total / ensemble).cpu(), timestep, block, ensemble)
 
 
@@ -108,25 +120,42 @@ class DiftSettings:
 
 def pair_dift_features(models: Models, target: LoadedImage, reference: LoadedImage,
                        settings: DiftSettings = DiftSettings(), blocking: bool = True,
-                       action: str = "compute DIFT features"
-                       ) -> tuple[DiftFeatures, DiftFeatures]:
+                       action: str = "compute DIFT features", cancel=None,
+                       progress: Progress = None) -> tuple[DiftFeatures, DiftFeatures]:
     """DIFT features of both images of a pair: the one way every caller (transfer, part
     discovery, the explorer) computes them.
 
     The UNet is held for both images (:meth:`Models.in_use`): a transfer running in
     another thread has its processors installed on it. With ``blocking=False`` a busy
     model raises :class:`~e4e_lab.errors.ModelBusy` at once instead of waiting.
+    ``cancel`` (a ``threading.Event``) stops the work, while it waits for the model or
+    between two batches of noise draws, with :class:`~e4e_lab.errors.TransferCancelled`;
+    ``progress`` reports the draws of both images (:func:`e4e_lab.progress.reporting`:
+    a callback, ``True`` for a bar, or a session's bars).
     """
     s = settings
-    with models.in_use(blocking, action):
-        return tuple(dift_features(models, image, s.timestep, s.block, s.ensemble, s.prompt,
-                                   s.seed) for image in (target, reference))
+    total, done = 2 * s.ensemble, [0]
+    try:
+        with models.in_use(blocking, action, cancel), reporting(progress, "DIFT features",
+                                                                "draw") as report:
+            def draws(n: int) -> None:
+                done[0] += n
+                if report is not None:
+                    report(done[0], total)
+
+            draws(0)
+            return tuple(dift_features(models, image, s.timestep, s.block, s.ensemble,
+                                       s.prompt, s.seed, cancel=cancel, on_draws=draws)
+                         for image in (target, reference))
+    except TransferCancelled:  # while waiting for the model, or between two batches
+        raise TransferCancelled(done[0], total, "DIFT features", "noise draw") from None
 
 
 def dift_field(models: Models, target: LoadedImage, reference: LoadedImage,
                target_mask: torch.Tensor | None = None, ref_mask: torch.Tensor | None = None,
-               settings: DiftSettings = DiftSettings(), blocking: bool = True
-               ) -> CorrespondenceField:
+               settings: DiftSettings = DiftSettings(), blocking: bool = True, cancel=None,
+               progress: Progress = None) -> CorrespondenceField:
     """Target -> reference correspondence from DIFT features, restricted to the masks."""
-    ft, fr = pair_dift_features(models, target, reference, settings, blocking)
+    ft, fr = pair_dift_features(models, target, reference, settings, blocking, cancel=cancel,
+                                progress=progress)
     return CorrespondenceField.from_features(ft.features, fr.features, target_mask, ref_mask)

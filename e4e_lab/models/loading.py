@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..errors import ModelBusy, ModelUnavailableError
+from ..errors import ModelBusy, ModelUnavailableError, TransferCancelled
 from .tiny import is_tiny_folder, tiny_model_path
 
 log = logging.getLogger(__name__)
@@ -64,16 +64,26 @@ class Models:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @contextlib.contextmanager
-    def in_use(self, blocking: bool = True, action: str = "use the model"):
+    def in_use(self, blocking: bool = True, action: str = "use the model", cancel=None):
         """Hold the model for one UNet job. With ``blocking=False``, raise
-        :class:`~e4e_lab.errors.ModelBusy` at once if another thread holds it."""
-        if not self.lock.acquire(blocking=blocking):
+        :class:`~e4e_lab.errors.ModelBusy` at once if another thread holds it. A blocking
+        wait with ``cancel`` (a ``threading.Event``) ends with
+        :class:`~e4e_lab.errors.TransferCancelled` when it is set."""
+        if not self._acquire(blocking, cancel, action):
             raise ModelBusy(f"a transfer is running on this model: {action} when it has "
                             "finished (or stop it)")
         try:
             yield self
         finally:
             self.lock.release()
+
+    def _acquire(self, blocking: bool, cancel, action: str) -> bool:
+        if not blocking or cancel is None:
+            return self.lock.acquire(blocking=blocking)
+        while not self.lock.acquire(timeout=0.1):
+            if cancel.is_set():
+                raise TransferCancelled(0, 0, f"waiting for the model to {action}")
+        return True
 
     def compile_unet(self, backend: str = "inductor", mode: str | None = None) -> "Models":
         """``torch.compile`` the UNet in place (``--compile``; off by default).
