@@ -26,17 +26,13 @@ from e4e_lab.errors import E4ELabError
 from e4e_lab.io.saved_runs import SavedRun
 from e4e_lab.method.config import TransferConfig
 
-from .background import BackgroundRun
+from .background import BackgroundRun, duration
 from .common import LabWidget, image_widget, set_image, status_html
 
 NONE = "(none)"
 #: What the values box suggests for each field.
 EXAMPLES = {"guidance": "1, 2.5, 4", "feat_start": "0, 10, 20", "feat_end": "40, 70",
             "adain_start": "30, 50", "injection": "feature, v, kv", "skip_steps": "20, 32"}
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 class SweepPanel(BackgroundRun, LabWidget):
@@ -136,7 +132,7 @@ class SweepPanel(BackgroundRun, LabWidget):
                            inversion_progress=self._on_inversion, reuse=reuse)
         self.result = result
         self.show(result)
-        took = _duration(time.perf_counter() - self._t0)
+        took = duration(time.perf_counter() - self._t0)
         reused = sum(c.reused for c in result.cells)
         if result.complete:
             self.state, self.progress.bar_style = "done", "success"
@@ -172,7 +168,7 @@ class SweepPanel(BackgroundRun, LabWidget):
         left = elapsed / self.steps_done * (self.total_steps - self.steps_done)
         self.status.value = status_html(
             f"{self._cell_text}: step {event.step + 1}/{event.total} - "
-            f"about {_duration(left)} left")
+            f"about {duration(left)} left")
 
     # -------------------------------------------------------------- drawing --
     def show(self, result) -> None:
