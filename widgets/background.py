@@ -16,7 +16,7 @@ import time
 
 import ipywidgets as W
 
-from e4e_lab.errors import E4ELabError
+from e4e_lab.errors import E4ELabError, TransferCancelled
 from e4e_lab.progress import quiet
 
 from .common import status_html
@@ -105,6 +105,24 @@ class BackgroundRun:
             self._failed(exc)
         finally:
             self._idle()
+
+    def _dift_or_none(self, compute, restart: str):
+        """``compute()`` (DIFT features, in the worker), or None when it was stopped or
+        asked for an up-block the UNet does not have (a ValueError): the status says
+        which, and that nothing was kept (``restart`` names the button that starts over)."""
+        try:
+            return compute()
+        except TransferCancelled as exc:
+            self.state = "cancelled"
+            self.progress.bar_style = "warning"
+            self.status.value = status_html(
+                f"stopped after {exc.step} of {exc.total} noise draws; nothing was kept: "
+                f"press '{restart}' to start again", "warn")
+        except ValueError as exc:  # an up-block this UNet does not have
+            self.state, self.error = "failed", exc
+            self.progress.bar_style = "danger"
+            self.status.value = status_html(str(exc), "error")
+        return None
 
     @property
     def cache_note(self) -> str:

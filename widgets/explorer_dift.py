@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipywidgets as W
 
 from e4e_lab.analysis.lookup import FeatureLookup
-from e4e_lab.errors import TransferCancelled
 
 from .background import BackgroundRun
 from .common import status_html
@@ -69,23 +68,13 @@ class DiftComputation(BackgroundRun):
         p = self.pair
         self.status.value = status_html(f"{what}: starting (after the transfer using the "
                                         "model, if one is running)...")
-        try:  # waits for the model in this thread: the kernel stays free, Stop ends it
-            lookup = FeatureLookup.from_dift(
-                self.lab.models, p.structure, p.appearance, p.structure_mask,
-                p.appearance_mask, timestep=t, block=block, ensemble=ens, prompt=prompt,
-                seed=seed, blocking=True, cancel=self.cancel_event,
-                progress=lambda done, total: self._report(done, total, what))
-        except TransferCancelled as exc:
-            self.state = "cancelled"
-            self.progress.bar_style = "warning"
-            self.status.value = status_html(
-                f"stopped after {exc.step} of {exc.total} noise draws; nothing was kept: "
-                "press 'Compute features' to start again", "warn")
-            return
-        except ValueError as exc:  # an up-block this UNet does not have
-            self.state, self.error = "failed", exc
-            self.progress.bar_style = "danger"
-            self.status.value = status_html(str(exc), "error")
+        # waits for the model in this thread: the kernel stays free, Stop ends it
+        lookup = self._dift_or_none(lambda: FeatureLookup.from_dift(
+            self.lab.models, p.structure, p.appearance, p.structure_mask,
+            p.appearance_mask, timestep=t, block=block, ensemble=ens, prompt=prompt,
+            seed=seed, blocking=True, cancel=self.cancel_event,
+            progress=lambda done, total: self._report(done, total, what)), "Compute features")
+        if lookup is None:
             return
         self.dift_cache[key] = lookup
         self.state = "done"

@@ -23,7 +23,7 @@ import torch
 
 from e4e_lab.analysis.grids import pixel_to_cell
 from e4e_lab.analysis.parts import PairFeatures, PairParts, pair_features, pair_parts
-from e4e_lab.errors import ConfigError, TransferCancelled
+from e4e_lab.errors import ConfigError
 from e4e_lab.method.config import TransferConfig
 
 from . import render
@@ -121,21 +121,12 @@ class PartExplorer(BackgroundRun, LabWidget):
                 f"t={self.config.dift_timestep}), noise draws")
         self.status.value = status_html(f"{what}: starting (after the transfer using the "
                                         "model, if one is running)...")
-        try:  # waits for the model in this thread: the kernel stays free, Stop ends it
-            features = pair_features(self.lab, self.pair, self.config, self.ensemble,
-                                     blocking=True, cancel=self.cancel_event,
-                                     progress=lambda d, n: self._report(d, n, what))
-        except TransferCancelled as exc:
-            self.state = "cancelled"
-            self.progress.bar_style = "warning"
-            self.status.value = status_html(
-                f"stopped after {exc.step} of {exc.total} noise draws; nothing was kept: "
-                "press 'Find parts' to start again", "warn")
-            return
-        except ValueError as exc:  # an up-block this UNet does not have
-            self.state, self.error = "failed", exc
-            self.progress.bar_style = "danger"
-            self.status.value = status_html(str(exc), "error")
+        # waits for the model in this thread: the kernel stays free, Stop ends it
+        features = self._dift_or_none(lambda: pair_features(
+            self.lab, self.pair, self.config, self.ensemble, blocking=True,
+            cancel=self.cancel_event, progress=lambda d, n: self._report(d, n, what)),
+            "Find parts")
+        if features is None:
             return
         self.features = features
         self.feature_passes += 1
