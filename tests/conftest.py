@@ -97,6 +97,14 @@ def build_pair(images):
     return build
 
 
+@pytest.fixture(scope="module")
+def pair(shared_lab, build_pair):
+    """The test pair with its boxes as masks (``build_pair(shared_lab, boxes=True)``), one
+    per module: a module's widgets may hold it. Modules that need another pair define
+    their own ``pair``."""
+    return build_pair(shared_lab, boxes=True)
+
+
 @pytest.fixture(scope="session")
 def fast_config():
     """A short schedule with the reference's proportions (for speed)."""

@@ -17,11 +17,6 @@ AXES = [("guidance", [1.0, 2.5]), ("injection", ["feature", "v"])]
 
 
 @pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
-@pytest.fixture(scope="module")
 def sweep(shared_lab, pair, fast_config):
     return run_sweep(shared_lab, pair, fast_config, AXES)
 

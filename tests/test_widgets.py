@@ -29,11 +29,6 @@ from widget_helpers import assert_one_banner, frontend_event  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
-@pytest.fixture(scope="module")
 def finest(shared_lab):
     return injected_layers(shared_lab.models.unet)[-1]  # a layer on the finest grid
 

@@ -23,11 +23,6 @@ from conftest import SMALL  # noqa: E402
 from widget_helpers import drag  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
 @pytest.fixture(autouse=True)
 def no_sam(shared_lab):
     assert not shared_lab.sam_available()  # these tests are about the missing checkpoint

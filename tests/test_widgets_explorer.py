@@ -23,11 +23,6 @@ from conftest import SMALL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
-@pytest.fixture(scope="module")
 def dift_lookup(shared_lab, pair):
     return FeatureLookup.from_dift(shared_lab.models, pair.structure, pair.appearance,
                                    pair.structure_mask, pair.appearance_mask, timestep=261,

@@ -13,11 +13,6 @@ from widgets import RunGallery, TransferPanel  # noqa: E402
 from widgets.run_labels import run_summary  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
 def _fake_result(config):
     """What the gallery reads of a result to list it (no run needed)."""
     return SimpleNamespace(config=config, timings={"ms_per_step": 1.0})

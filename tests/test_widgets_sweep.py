@@ -27,11 +27,6 @@ AXES = [("guidance", [1.0, 2.5]), ("injection", ["feature", "v"])]
 
 
 @pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
-@pytest.fixture(scope="module")
 def swept(shared_lab, pair, fast_config):
     """A 2x2 sweep through the panel, with a gallery."""
     gallery = RunGallery(shared_lab)

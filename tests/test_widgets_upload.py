@@ -26,11 +26,6 @@ from conftest import SMALL  # noqa: E402
 from widget_helpers import serialize_all  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def pair(shared_lab, build_pair):
-    return build_pair(shared_lab, boxes=True)
-
-
 def png_bytes(seed: int = 1, size=(40, 30)) -> bytes:
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buf = io.BytesIO()
