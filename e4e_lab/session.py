@@ -32,7 +32,7 @@ from .io.paths import cache_root
 from .method.config import TransferConfig
 from .method.correspondence import CorrespondenceField
 from .method.images import ImageLike, LoadedImage, check_image_source, load_image
-from .method.inversion import InversionResult, invert
+from .method.inversion import InversionResult, invert, inversion_keys
 from .method.pairs import MultiPair, Pair
 from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
@@ -230,22 +230,23 @@ class Lab:
     # -------------------------------------------------------------- stage 2 --
     def invert(self, images: list[LoadedImage], config: TransferConfig,
                progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
-        """Inversions of ``images`` (memory cache, then disk cache, then computed together)."""
-        from .io.cache import key_of
-        from .method.inversion import cache_spec
+        """Inversions of ``images`` (memory cache, then disk cache, then computed together).
 
+        Each image's key is computed once (:func:`~e4e_lab.method.inversion.inversion_keys`)
+        and serves both caches."""
         inv_cfg = config.inversion
-        keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]
-        missing = [n for n, k in enumerate(keys) if k not in self._inversions]
+        keys = inversion_keys(self.models, images, inv_cfg)
+        missing = [n for n, k in enumerate(keys) if k.key not in self._inversions]
         if missing:
             with self.models.in_use():
                 done = invert(self.models, [images[n] for n in missing], inv_cfg,
-                              cache=self.disk_cache, progress=progress)
-            # by position: on a GPU the chunk size in the key follows the free memory,
-            # which may have changed since ``keys`` were made
+                              cache=self.disk_cache, progress=progress,
+                              keys=[keys[n] for n in missing])
+            # by position: on a GPU the chunk size in a key follows the free memory when
+            # the key is made; the inversion runs with the chunks ``keys`` name
             for n, res in zip(missing, done):
-                self._inversions[keys[n]] = res
-        return [self._inversions[k] for k in keys]
+                self._inversions[keys[n].key] = res
+        return [self._inversions[k.key] for k in keys]
 
     def forget_inversions(self) -> None:
         """Drop the inversions kept in memory (the disk cache keeps them): a long loop over
