@@ -150,8 +150,8 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(shared_lab, imgs, tmp_path)
     # appearance paths are relative to the file, as the CLI reads them
     assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
         EX / "chelsea_cat.png", EX / "coffee_cup.png"]
-    # the CLI's --pairs reader and Lab.multi_pair see the same pairs
-    multi = shared_lab.multi_pair(structure, read_pairs(saved), mask="box")
+    # the CLI's --pairs reader and Lab.pair(objects=) see the same pairs
+    multi = shared_lab.pair(structure, objects=read_pairs(saved), mask="box")
     assert multi.boxes == d.multi_pair(mask="box").boxes
     assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",
                                                                      EX / "coffee_cup.png"]

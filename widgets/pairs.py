@@ -6,7 +6,7 @@ the selected pair's reference image. The selected pair's boxes are the active on
 other pairs' boxes are shown thinner, in their own colours, and a click inside one selects
 that pair. Each pair has one hue: strong on the target, pale on the reference.
 
-``objects()`` is the list ``Lab.multi_pair(structure, objects)`` takes; ``save`` / ``load``
+``objects()`` is the list ``Lab.pair(structure, objects=...)`` takes; ``save`` / ``load``
 read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
 
     drawer = MultiBoxDrawer(lab, structure, [cat, cup], pairs="example/multi_pairs.json")
@@ -260,7 +260,7 @@ class MultiBoxDrawer(LabWidget):
 
     # ------------------------------------------------------------------ output --
     def objects(self) -> list[ObjectSpec]:
-        """The pairs as ``Lab.multi_pair(structure, objects)`` takes them (a missing box
+        """The pairs as ``Lab.pair(structure, objects=...)`` takes them (a missing box
         stays None: the library then uses the whole image)."""
         return [ObjectSpec(self.references[p.reference],
                            None if p.target_box is None else list(p.target_box),
@@ -268,10 +268,9 @@ class MultiBoxDrawer(LabWidget):
                 for p in self.pairs]
 
     def multi_pair(self, mask: str = "auto", **kwargs):
-        """``lab.multi_pair`` of the structure with the drawn pairs (the result records
-        the mask mode really used)."""
-        return self.lab.multi_pair(self.structure, self.objects(),
-                                   mask=mask, **kwargs)
+        """``lab.pair`` of the structure with the drawn pairs as its objects (the result
+        records the mask mode really used)."""
+        return self.lab.pair(self.structure, objects=self.objects(), mask=mask, **kwargs)
 
     def to_json(self, folder: str | Path = ".") -> dict:
         """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the
