@@ -51,7 +51,7 @@ def error_lines(source: ImageSource) -> list[str]:
 def test_an_uploaded_png_replaces_the_drawers_image(shared_lab, pair):
     drawer = BoxDrawer(pair.structure, box=(4, 4, 30, 30), lab=shared_lab)
     seen = []
-    drawer.observers.append(lambda d: seen.append(d.box))
+    drawer.observe(lambda change: seen.append(change.new), names="box")
     data = png_bytes()
     upload(drawer.source, data, "mine.png")
     expected = load_image(data, SMALL, name="mine.png")
