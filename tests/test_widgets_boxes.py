@@ -102,7 +102,7 @@ def test_auto_masks_record_what_was_used_and_say_it_once(shared_lab, pair, caplo
     with caplog.at_level(logging.WARNING):
         made = drawer.pair(mask="auto")
         drawer.pair(mask="auto")
-        multi.multi_pair(mask="auto")
+        multi.pair(mask="auto")
     assert MaskMode.parse(made.mask_mode) is MaskMode.BOX
     said = [r.getMessage() for r in caplog.records if "SAM-HQ" in r.getMessage()]
     assert len(said) == 1, said

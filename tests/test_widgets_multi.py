@@ -99,7 +99,7 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(shared_lab, imgs):
     assert d.objects() == [ObjectSpec(cat, [4, 6, 30, 40], [2, 2, 50, 60]),
                            ObjectSpec(cup, [34, 10, 62, 58], [10, 8, 54, 56])]
 
-    multi = d.multi_pair(mask="box")
+    multi = d.pair(mask="box")
     assert [m.name for m in multi.references] == ["chelsea_cat.png", "coffee_cup.png"]
     assert multi.boxes == [((4, 6, 30, 40), (2, 2, 50, 60)), ((34, 10, 62, 58), (10, 8, 54, 56))]
     for region, (tb, ab), ref in zip(multi.regions, multi.boxes, (cat, cup)):
@@ -152,7 +152,7 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(shared_lab, imgs, tmp_path)
         EX / "chelsea_cat.png", EX / "coffee_cup.png"]
     # the CLI's --pairs reader and Lab.pair(objects=) see the same pairs
     multi = shared_lab.pair(structure, objects=read_pairs(saved), mask="box")
-    assert multi.boxes == d.multi_pair(mask="box").boxes
+    assert multi.boxes == d.multi_pair(mask="box").boxes  # the old name: the same call
     assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",
                                                                      EX / "coffee_cup.png"]
     # a reference that is not given is loaded from the file

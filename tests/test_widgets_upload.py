@@ -116,7 +116,7 @@ def test_the_multi_drawer_replaces_the_selected_reference_or_the_structure(share
     upload(multi.target.source, png_bytes(5), "scene.png")
     assert multi.structure.name == "scene.png" and multi.target.image.name == "scene.png"
     assert [p.target_box for p in multi.pairs] == [None, None]
-    assert multi.multi_pair(mask="box").structure.name == "scene.png"
+    assert multi.pair(mask="box").structure.name == "scene.png"
     upload(multi.target.source, b"junk", "junk.png")
     assert multi.structure.name == "scene.png" and len(error_lines(multi.target.source)) == 1
 

@@ -11,7 +11,7 @@ read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
 
     drawer = MultiBoxDrawer(lab, structure, [cat, cup], pairs="example/multi_pairs.json")
     drawer.select(1); drawer.target.set_box([30, 2, 62, 60])
-    multi = drawer.multi_pair(mask="box")           # a MultiPair for lab.transfer
+    multi = drawer.pair(mask="box")                 # a MultiPair for lab.transfer
 """
 
 from __future__ import annotations
@@ -264,10 +264,12 @@ class MultiBoxDrawer(LabWidget):
                            None if p.appearance_box is None else list(p.appearance_box))
                 for p in self.pairs]
 
-    def multi_pair(self, mask: str = "auto", **kwargs):
+    def pair(self, mask: str = "auto", **kwargs):
         """``lab.pair`` of the structure with the drawn pairs as its objects (the result
-        records the mask mode really used)."""
+        records the mask mode really used), as ``PairBoxDrawer.pair`` for one object."""
         return self.lab.pair(self.structure, objects=self.objects(), mask=mask, **kwargs)
+
+    multi_pair = pair  # the same call (kept for code written before)
 
     def to_json(self, folder: str | Path = ".") -> dict:
         """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the
