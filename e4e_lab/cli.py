@@ -71,8 +71,8 @@ def _check_inputs(args):
 def _load_pair(lab, args, boxes, objects):
     """The run's inputs: a multi-object pair from --pairs, else the two images."""
     if objects is not None:
-        return lab.multi_pair(args.structure, objects, mask=args.mask, size=args.size,
-                              fit=args.fit, resample=args.resample)
+        return lab.pair(args.structure, objects=objects, mask=args.mask, size=args.size,
+                        fit=args.fit, resample=args.resample)
     from .method.masks import load_mask
 
     with _warning_lines():  # a boxes file that names neither image

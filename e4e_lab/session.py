@@ -6,6 +6,8 @@ so a notebook can load a pair, invert it once, and re-run the transfer many time
     lab = Lab(model="auto")                 # real SD 1.5 if available, else the toy model
     pair = lab.pair("app.png", "struct.png", appearance_box=[...], structure_box=[...])
     result = lab.transfer(pair, TransferConfig(domain="bird", injection="v"))
+    several = lab.pair("struct.png", objects=read_pairs("pairs.json"))  # several objects
+    result = lab.transfer(several, TransferConfig(domain="bird"))
 
 Nothing is global. Each ``Lab`` keeps its own in-memory inversions; the on-disk cache is
 safe to share between sessions and processes. ``Lab(models=...)`` shares one loaded
@@ -32,7 +34,7 @@ from .io.paths import cache_root
 from .method.config import TransferConfig
 from .method.correspondence import CorrespondenceField
 from .method.images import ImageLike, LoadedImage, check_image_source, load_image
-from .method.inversion import InversionResult, invert
+from .method.inversion import InversionResult, invert, inversion_keys
 from .method.pairs import MultiPair, Pair
 from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
@@ -42,6 +44,21 @@ from .models.loading import Models, load_pipeline
 from .progress import BarFactory, SessionBars, on_steps
 
 log = logging.getLogger(__name__)
+
+
+#: Where each one-object argument of ``Lab.pair`` goes when a pair has ``objects=``.
+_PER_OBJECT = {"appearance": "objects[n]['appearance']",
+               "appearance_box": "objects[n]['appearance_box']",
+               "structure_box": "objects[n]['target_box']",
+               "boxes": "each object's boxes (a --pairs file: read_pairs)",
+               "appearance_mask": "objects[n]['appearance_mask']",
+               "structure_mask": "objects[n]['target_mask']"}
+
+
+def _short(value) -> object:
+    """How an error message shows an argument: small values as they are, else the type."""
+    return value if isinstance(value, (str, os.PathLike, list, tuple, int)) and \
+        len(repr(value)) < 80 else type(value).__name__
 
 
 class Lab:
@@ -156,15 +173,57 @@ class Lab:
         require_nonempty(m, what)
         return b, m
 
-    def pair(self, appearance: ImageLike | LoadedImage, structure: ImageLike | LoadedImage,
-             appearance_box=None, structure_box=None,
-             boxes: dict | str | os.PathLike | None = None,
+    def pair(self, appearance: ImageLike | LoadedImage | None = None,
+             structure: ImageLike | LoadedImage | None = None, appearance_box=None,
+             structure_box=None, boxes: dict | str | os.PathLike | None = None,
              mask: MaskMode | str = MaskMode.AUTO, size: int | None = None,
              fit: str = "stretch", appearance_mask=None, structure_mask=None,
-             resample: str = "bicubic") -> Pair:
-        """Load both images, resolve their boxes (given, or looked up by file name in
-        ``boxes``: a boxes document or its JSON file, :func:`~e4e_lab.io.formats.read_boxes`)
-        and compute their masks (or validate given ones)."""
+             resample: str = "bicubic", *, objects: list[ObjectSpec | dict] | None = None
+             ) -> Pair | MultiPair:
+        """The images of a run at model resolution with their boxes and masks.
+
+        One object: ``lab.pair(appearance, structure, appearance_box=..., ...)`` loads
+        both images, resolves their boxes (given, or looked up by file name in ``boxes``:
+        a boxes document or its JSON file, :func:`~e4e_lab.io.formats.read_boxes`) and
+        computes their masks (or validates given ones); returns a :class:`Pair`.
+
+        Several: ``lab.pair(structure, objects=[...])`` (the one image, first argument or
+        ``structure=``, is the structure) takes the objects of a ``--pairs`` file
+        (:class:`~e4e_lab.io.formats.ObjectSpec`, or dicts with its keys: ``appearance``,
+        an image or a path, and optionally ``target_box`` / ``appearance_box`` in model
+        pixels or at the spec's ``boxes_size``, ``target_mask`` / ``appearance_mask``);
+        objects that name the same appearance source share one reference image. Returns
+        a :class:`MultiPair`; one ``Lab.transfer`` runs either.
+        """
+        if objects is None:
+            for name, image in (("appearance", appearance), ("structure", structure)):
+                if image is None:
+                    raise ConfigError(name, None, f"an image (path, PIL image, array or "
+                                      f"LoadedImage); for several objects pass "
+                                      f"lab.pair(structure, objects=[...])")
+            return self._one_pair(appearance, structure, appearance_box, structure_box, boxes,
+                                  mask, size, fit, appearance_mask, structure_mask, resample)
+        if structure is None:  # lab.pair(structure, objects=[...])
+            appearance, structure = None, appearance
+        given = dict(appearance=appearance, appearance_box=appearance_box,
+                     structure_box=structure_box, boxes=boxes,
+                     appearance_mask=appearance_mask, structure_mask=structure_mask)
+        for name, value in given.items():
+            if value is not None:
+                raise ConfigError(name, _short(value), f"with objects= it goes in "
+                                  f"{_PER_OBJECT[name]}; or drop objects= for one pair")
+        if structure is None:
+            raise ConfigError("structure", None, "the structure image: "
+                              "lab.pair(structure, objects=[...])")
+        return self._objects_pair(structure, objects, MaskMode.parse(mask), size, fit, resample)
+
+    def multi_pair(self, structure, objects, **options) -> MultiPair:
+        """``lab.pair(structure, objects=objects, ...)`` (kept for code written before)."""
+        return self.pair(structure, objects=objects, **options)
+
+    def _one_pair(self, appearance, structure, appearance_box, structure_box, boxes, mask,
+                  size, fit, appearance_mask, structure_mask, resample) -> Pair:
+        """:meth:`pair` of one object."""
         mode = MaskMode.parse(mask)
         check_image_source(appearance, "appearance")
         check_image_source(structure, "structure")
@@ -188,19 +247,9 @@ class Lab:
         used = self._mask_source(mode, [ab, sb], [appearance_mask, structure_mask])
         return Pair(app, struct, ab, sb, am, sm, used)
 
-    def multi_pair(self, structure: ImageLike | LoadedImage,
-                   objects: list[ObjectSpec | dict], mask: MaskMode | str = MaskMode.AUTO,
-                   size: int | None = None, fit: str = "stretch",
-                   resample: str = "bicubic") -> MultiPair:
-        """A structure image and its objects (:class:`~e4e_lab.io.formats.ObjectSpec`, or
-        dicts with the same keys: ``appearance``, an image or a path, and optionally
-        ``target_box`` / ``appearance_box`` in model pixels, or at the spec's
-        ``boxes_size``, and ``target_mask`` / ``appearance_mask``), as
-        :func:`~e4e_lab.io.formats.read_pairs` reads them from a ``--pairs`` file.
-
-        Objects that name the same appearance source share one reference image.
-        """
-        mode = MaskMode.parse(mask)
+    def _objects_pair(self, structure, objects: list[ObjectSpec | dict], mode: MaskMode,
+                      size: int | None, fit: str, resample: str) -> MultiPair:
+        """:meth:`pair` of several objects."""
         struct = structure if isinstance(structure, LoadedImage) else \
             self.load_image(structure, size, fit, resample=resample)
         if not objects:
@@ -240,14 +289,15 @@ class Lab:
     # -------------------------------------------------------------- stage 2 --
     def invert(self, images: list[LoadedImage], config: TransferConfig,
                progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
-        """Inversions of ``images`` (memory cache, then disk cache, then computed together)."""
-        from .io.cache import key_of
+        """Inversions of ``images`` (memory cache, then disk cache, then computed together).
+
+        Each image's key is computed once (:func:`~e4e_lab.method.inversion.inversion_keys`)
+        and serves both caches."""
         from .method import schedule
-        from .method.inversion import cache_spec
 
         inv_cfg = config.inversion
-        keys = [key_of(cache_spec(self.models, im, inv_cfg)) for im in images]
-        missing = [n for n, k in enumerate(keys) if k not in self._inversions]
+        keys = inversion_keys(self.models, images, inv_cfg)
+        missing = [n for n, k in enumerate(keys) if k.key not in self._inversions]
         if missing:
             def what(total: int) -> str:  # called in the lock, as the work starts
                 per_image = len(schedule.timesteps_for(self.models.scheduler,
@@ -256,12 +306,13 @@ class Lab:
 
             with self.models.in_use(), self.bars.track(what, "step", progress) as report:
                 done = invert(self.models, [images[n] for n in missing], inv_cfg,
-                              cache=self.disk_cache, progress=report)
-            # by position: on a GPU the chunk size in the key follows the free memory,
-            # which may have changed since ``keys`` were made
+                              cache=self.disk_cache, progress=report,
+                              keys=[keys[n] for n in missing])
+            # by position: on a GPU the chunk size in a key follows the free memory when
+            # the key is made; the inversion runs with the chunks ``keys`` name
             for n, res in zip(missing, done):
-                self._inversions[keys[n]] = res
-        return [self._inversions[k] for k in keys]
+                self._inversions[keys[n].key] = res
+        return [self._inversions[k.key] for k in keys]
 
     def forget_inversions(self) -> None:
         """Drop the inversions kept in memory (the disk cache keeps them): a long loop over

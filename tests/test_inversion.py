@@ -194,3 +194,62 @@ def test_each_inversion_is_cached_as_soon_as_it_is_done(models, three, tmp_path,
     monkeypatch.setattr(inversion, "_invert_one", real)
     again = invert(models, three[:2], cfg, cache=cache)
     assert again[0].from_cache and not again[1].from_cache
+
+
+def _count_specs(monkeypatch) -> list:
+    """Counts the calls of ``cache_spec`` (what a cache key is computed from)."""
+    from e4e_lab.method import inversion
+
+    real, calls = inversion.cache_spec, []
+
+    def counted(models, image, *args, **kwargs):
+        calls.append(image.name)
+        return real(models, image, *args, **kwargs)
+
+    monkeypatch.setattr(inversion, "cache_spec", counted)
+    return calls
+
+
+def test_lab_computes_each_inversion_key_once_per_call(lab, images, fast_config, monkeypatch):
+    """Lab.invert's keys serve the memory and the disk cache: one spec per image per call
+    (it used to compute them, and ``invert`` again), and a memory hit inverts nothing."""
+    from e4e_lab import session
+    from e4e_lab.method import inversion
+
+    a, b = (lab.load_image(im, SMALL, name=f"im{n}.png") for n, im in enumerate(images))
+    calls = _count_specs(monkeypatch)
+    first = lab.invert([a, b], fast_config)
+    assert calls == ["im0.png", "im1.png"]
+    real, inverted = inversion.invert, []
+    monkeypatch.setattr(session, "invert", lambda *a, **k: inverted.append(1) or real(*a, **k))
+    calls.clear()
+    again = lab.invert([b, a], fast_config)
+    assert calls == ["im1.png", "im0.png"] and not inverted  # the memory cache answered
+    assert again[0] is first[1] and again[1] is first[0]
+
+
+def test_inversion_keys_are_the_cache_spec_digests(models, lab, images, fast_config):
+    """The keys are what they were before they were computed in one place: the digest of
+    ``cache_spec`` at the chunk ``unet_chunk`` picks, so existing disk caches still hit."""
+    from e4e_lab.io.cache import key_of
+    from e4e_lab.method.inversion import inversion_keys, unet_chunk
+
+    img = lab.load_image(images[0], SMALL, name="a.png")
+    cfg = fast_config.inversion
+    (k,) = inversion_keys(models, [img], cfg)
+    assert k.key == key_of(cache_spec(models, img, cfg)) and k.spec == cache_spec(models, img, cfg)
+    assert k.chunk == unet_chunk(models, img) == k.spec["unet_chunk"]
+    (small,) = inversion_keys(models, [img], cfg, batch_size=8)
+    assert small.chunk == 4 and small.key != k.key
+    (inv,) = lab.invert([img], fast_config)
+    assert inv.key == k.key
+
+
+def test_invert_refuses_keys_that_do_not_match_the_images(models, images):
+    from e4e_lab.errors import ConfigError
+    from e4e_lab.method.inversion import inversion_keys
+
+    cfg = InversionConfig(num_steps=6)
+    a, b = (load_image(im, SMALL) for im in images)
+    with pytest.raises(ConfigError, match="inversion_keys"):
+        invert(models, [a, b], cfg, keys=inversion_keys(models, [a], cfg))

@@ -67,7 +67,7 @@ def test_save_run_reads_single_and_multi_pairs_through_their_protocol(lab, image
     half = SMALL // 2
     pair = lab.pair(images[0], images[1], size=SMALL, mask="box", appearance_box=(0, 0, 48, 64),
                     structure_box=(8, 0, 64, 64))
-    multi = lab.multi_pair(images[1], [
+    multi = lab.pair(images[1], objects=[
         {"appearance": images[0], "target_box": (0, 0, half, SMALL)},
         {"appearance": images[1], "target_box": (half, 0, SMALL, SMALL),
          "appearance_box": (0, 0, half, SMALL)}], mask="box", size=SMALL)

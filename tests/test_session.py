@@ -403,5 +403,59 @@ def test_config_json_records_where_the_masks_came_from(lab, images, caplog):
     given = lab.pair(app, struct, appearance_mask=torch.ones(SMALL, SMALL),
                      structure_mask=torch.ones(SMALL, SMALL))
     assert given.describe()["mask"] == "given"
-    multi = lab.multi_pair(struct, [{"appearance": app, "target_box": STRUCT_BOX}])
+    multi = lab.pair(struct, objects=[{"appearance": app, "target_box": STRUCT_BOX}])
     assert multi.describe()["mask"] in ("box", "sam")
+
+
+# ------------------------------------------------ one Lab.pair for one or many objects --
+
+def test_one_pair_call_makes_one_object_or_several(lab, images):
+    """``lab.pair(structure, objects=...)`` is what ``multi_pair`` did (which stays as
+    its alias); the structure may also be passed as ``structure=``."""
+    from e4e_lab.method.pairs import MultiPair, Pair
+
+    app = lab.load_image(images[0], SMALL, name="app.png")
+    struct = lab.load_image(images[1], SMALL, name="struct.png")
+    objects = [{"appearance": app, "target_box": STRUCT_BOX, "appearance_box": APP_BOX}]
+    made = [lab.pair(struct, objects=objects, mask="box"),
+            lab.pair(structure=struct, objects=objects, mask="box"),
+            lab.multi_pair(struct, objects, mask="box")]
+    assert all(type(m) is MultiPair for m in made)
+    assert all(m.boxes == [(STRUCT_BOX, APP_BOX)] and m.describe() == made[0].describe()
+               and torch.equal(m.regions[0].target_mask, made[0].regions[0].target_mask)
+               for m in made)
+    one = lab.pair(app, struct, appearance_box=APP_BOX, structure_box=STRUCT_BOX, mask="box")
+    assert type(one) is Pair
+    assert torch.equal(one.regions[0].target_mask, made[0].regions[0].target_mask.float())
+
+
+@pytest.mark.parametrize("argument, where", [
+    ("appearance", "objects[n]['appearance']"),
+    ("appearance_box", "objects[n]['appearance_box']"),
+    ("structure_box", "objects[n]['target_box']"),
+    ("boxes", "read_pairs"),
+    ("appearance_mask", "objects[n]['appearance_mask']"),
+    ("structure_mask", "objects[n]['target_mask']"),
+])
+def test_one_object_arguments_with_objects_are_refused_naming_the_fix(lab, images, argument,
+                                                                       where):
+    from e4e_lab.errors import ConfigError
+
+    struct = lab.load_image(images[1], SMALL, name="struct.png")
+    value = {"appearance": images[0], "boxes": {"struct.png": [1, 1, 40, 40]},
+             "appearance_mask": torch.ones(SMALL, SMALL),
+             "structure_mask": torch.ones(SMALL, SMALL)}.get(argument, APP_BOX)
+    with pytest.raises(ConfigError) as exc:
+        lab.pair(structure=struct, objects=[{"appearance": images[0]}], **{argument: value})
+    assert_names(exc, f"'{argument}'", where, "drop objects=")
+
+
+def test_a_pair_without_its_images_names_the_missing_one(lab, images):
+    from e4e_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        lab.pair(images[0], size=SMALL)  # one image and no objects
+    assert_names(exc, "'structure'", "objects=[...]")
+    with pytest.raises(ConfigError) as exc:
+        lab.pair(objects=[{"appearance": images[0]}], size=SMALL)
+    assert_names(exc, "'structure'", "lab.pair(structure, objects=[...])")

@@ -273,3 +273,15 @@ def test_quality_script_runs_on_the_tiny_model(tmp_path, capsys, _offline_env):
         assert grid.width >= 4 * 128 and grid.height >= 2 * 128  # 2 pairs x 4 columns
     text = md.read_text()
     assert "TINY RANDOM-WEIGHT MODEL" in text and "| Eye-for-an-eye (feature) |" in text
+
+
+def test_the_benchmarks_dift_features_are_the_pair_functions(shared_lab, images, fast_config):
+    """The toy benchmark computes each image's DIFT features alone (each with its own
+    prompt), in the settings and under the lock every other DIFT caller uses."""
+    from e4e_lab.models.dift import DiftSettings, pair_dift_features
+
+    img = shared_lab.load_image(images[0], 64, name="a.png")
+    cfg = fast_config.replace(dift_ensemble=2, dift_block=2, seed=3)
+    got = q._dift(shared_lab, img, cfg.inversion.prompt, cfg)
+    want, _ = pair_dift_features(shared_lab.models, img, img, DiftSettings.from_config(cfg))
+    assert torch.equal(got, want.features)

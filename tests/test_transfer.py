@@ -142,7 +142,7 @@ def test_empty_and_tiny_masks_are_caught_before_adain_and_matching(warm_lab, ima
 
 def test_tiny_mask_of_a_multi_pair_is_named(lab, images, fast_config):
     objects = [{"appearance": images[0]}, {"appearance": images[0], "target_box": (0, 0, 2, 2)}]
-    mp = lab.multi_pair(images[1], objects, mask="box", size=SMALL)
+    mp = lab.pair(images[1], objects=objects, mask="box", size=SMALL)
     with pytest.raises(MaskError, match=r"the structure \(target\) mask of pair 1 covers fewer "
                        r"than 2 cells of the 4x4 grid .*--mask box"):
         lab.transfer(mp, fast_config)
@@ -163,7 +163,7 @@ def test_multi_object_transfer(lab, images, fast_config):
         {"appearance": images[0], "target_box": (0, 0, half, SMALL), "appearance_box": (0, 0, SMALL, SMALL)},
         {"appearance": images[1], "target_box": (half, 0, SMALL, SMALL), "appearance_box": (0, 0, half, SMALL)},
     ]
-    mp = lab.multi_pair(images[1], objects, mask="box", size=SMALL)
+    mp = lab.pair(images[1], objects=objects, mask="box", size=SMALL)
     assert len(mp.references) == 2 and [r.reference for r in mp.regions] == [0, 1]
     res = lab.transfer(mp, fast_config.replace(record_matches=True))
     assert res.latents.shape[0] == 4 and len(res.appearance_recons) == 2
@@ -175,7 +175,7 @@ def test_multi_object_transfer(lab, images, fast_config):
         assert (((idx[:, w // 2:] - n) % w) < w // 2).all()  # inside the second ref's box
     # one pair covering everything equals the single-object run
     single = lab.pair(images[0], images[1], size=SMALL, mask="none")
-    mp1 = lab.multi_pair(images[1], [{"appearance": images[0]}], mask="none", size=SMALL)
+    mp1 = lab.pair(images[1], objects=[{"appearance": images[0]}], mask="none", size=SMALL)
     a = lab.transfer(single, fast_config).image
     b = lab.transfer(mp1, fast_config).image  # one Lab.transfer for one object or several
     assert torch.equal(a, b)

@@ -108,7 +108,7 @@ def test_box_drawer_draw_move_resize(pair):
 def test_box_drawer_converts_canvas_events(pair):
     d = BoxDrawer(pair.structure, display_size=256)
     seen = []
-    d.observers.append(lambda drawer: seen.append(drawer.box))
+    d.observe(lambda change: seen.append(change.new), names="box")
     frontend_event(d.view.canvas, "mouse_down", 40, 48)  # canvas pixels = 4 x model pixels
     frontend_event(d.view.canvas, "mouse_move", 120, 160)
     frontend_event(d.view.canvas, "mouse_up", 200, 240)

@@ -97,7 +97,58 @@ def test_auto_masks_record_what_was_used_and_say_it_once(shared_lab, pair, caplo
     with caplog.at_level(logging.WARNING):
         made = drawer.pair(mask="auto")
         drawer.pair(mask="auto")
-        multi.multi_pair(mask="auto")
+        multi.pair(mask="auto")
     assert MaskMode.parse(made.mask_mode) is MaskMode.BOX
     said = [r.getMessage() for r in caplog.records if "SAM-HQ" in r.getMessage()]
     assert len(said) == 1, said
+
+
+# ------------------------------------------- observers through ipywidgets' mechanisms --
+
+def test_box_pick_and_mask_observers_can_be_removed(shared_lab, pair):
+    """A drawer's box is a trait (observe / unobserve), picks and mask updates go through
+    CallbackDispatchers (``remove=True``): a removed observer hears nothing more."""
+    from widgets import BoxDrawer, ExtraBox
+
+    d = BoxDrawer(pair.structure)
+    boxes, picks = [], []
+
+    def on_box(change):
+        boxes.append(change.new)
+
+    d.observe(on_box, names="box")
+    d.on_pick(picks.append)
+    d.set_extras([ExtraBox((30, 30, 60, 60), (0, 255, 0), "2", "b")])
+    drag(d, (2, 3), (20, 24))
+    d.on_mouse_down(40, 40)
+    d.on_mouse_up(40, 40)  # a click inside the inactive box picks it
+    assert boxes == [(2, 3, 20, 24)] and picks == ["b"]
+    d.unobserve(on_box, names="box")
+    d.on_pick(picks.append, remove=True)
+    d.clear()
+    drag(d, (4, 4), (12, 12))
+    d.on_mouse_down(40, 40)
+    d.on_mouse_up(40, 40)
+    assert d.box == (4, 4, 12, 12) and boxes == [(2, 3, 20, 24)] and picks == ["b"]
+
+    editor = PairMaskEditor(shared_lab, pair).structure
+    updates = []
+    editor.on_update(updates.append)
+    editor.set_box((4, 4, 40, 40))
+    editor.on_update(updates.append, remove=True)
+    editor.set_box((8, 8, 40, 40))
+    assert updates == [editor]
+
+
+def test_an_unchanged_box_does_not_recompute_the_followers_mask(shared_lab, pair):
+    """The mask editor follows the drawer's box trait: a click that keeps the box (and
+    setting the box it already has) recomputes nothing."""
+    drawer = PairBoxDrawer.from_pair(shared_lab, pair)
+    editor = PairMaskEditor.from_boxes(shared_lab, drawer)
+    updates = []
+    editor.structure.on_update(updates.append)
+    drag(drawer.structure, (5, 6), (30, 40))
+    drawer.structure.on_mouse_down(50, 50)
+    drawer.structure.on_mouse_up(50, 50)
+    drawer.structure.set_box((5, 6, 30, 40))
+    assert len(updates) == 1 and editor.structure.box == (5, 6, 30, 40)

@@ -67,7 +67,7 @@ def test_new_widgets_show_the_tiny_banner(shared_lab, imgs, cfg):
 def test_box_drawer_extras_are_drawn_and_picked(imgs):
     d = BoxDrawer(imgs[0], color=(10, 20, 30))
     picked = []
-    d.pick_observers.append(picked.append)
+    d.on_pick(picked.append)
     d.set_extras([ExtraBox((5, 5, 20, 20), (255, 0, 0), "1", "a"),
                   ExtraBox((30, 30, 60, 60), (0, 255, 0), "2", "b")], color=(1, 2, 3))
     assert d.color == (1, 2, 3) and d.extra_at(40, 40).key == "b" and d.extra_at(25, 25) is None
@@ -99,7 +99,7 @@ def test_drawn_pairs_become_the_objects_list_and_a_multi_pair(shared_lab, imgs):
     assert d.objects() == [ObjectSpec(cat, [4, 6, 30, 40], [2, 2, 50, 60]),
                            ObjectSpec(cup, [34, 10, 62, 58], [10, 8, 54, 56])]
 
-    multi = d.multi_pair(mask="box")
+    multi = d.pair(mask="box")
     assert [m.name for m in multi.references] == ["chelsea_cat.png", "coffee_cup.png"]
     assert multi.boxes == [((4, 6, 30, 40), (2, 2, 50, 60)), ((34, 10, 62, 58), (10, 8, 54, 56))]
     for region, (tb, ab), ref in zip(multi.regions, multi.boxes, (cat, cup)):
@@ -150,9 +150,9 @@ def test_pairs_json_round_trip_is_what_the_cli_reads(shared_lab, imgs, tmp_path)
     # appearance paths are relative to the file, as the CLI reads them
     assert [(saved.parent / o["appearance"]).resolve() for o in data["objects"]] == [
         EX / "chelsea_cat.png", EX / "coffee_cup.png"]
-    # the CLI's --pairs reader and Lab.multi_pair see the same pairs
-    multi = shared_lab.multi_pair(structure, read_pairs(saved), mask="box")
-    assert multi.boxes == d.multi_pair(mask="box").boxes
+    # the CLI's --pairs reader and Lab.pair(objects=) see the same pairs
+    multi = shared_lab.pair(structure, objects=read_pairs(saved), mask="box")
+    assert multi.boxes == d.multi_pair(mask="box").boxes  # the old name: the same call
     assert [Path(r.source).resolve() for r in multi.references] == [EX / "chelsea_cat.png",
                                                                      EX / "coffee_cup.png"]
     # a reference that is not given is loaded from the file
@@ -275,3 +275,35 @@ def test_part_explorer_confusion_counts_the_matches(shared_lab, cfg):
     assert pe.pick(x, y) is None
     with pytest.raises(ConfigError, match="'k'"):
         pair_parts(shared_lab, pair, cfg, pe.features.max_k + 1, features=pe.features)
+
+
+def test_drawer_changes_made_by_the_pair_drawer_are_not_edits(shared_lab, imgs, monkeypatch):
+    """Selecting a pair, adding a reference or replacing an image moves the drawers'
+    boxes and the reference choice; none of it re-enters as a user edit (counted), and
+    each user edit is handled once."""
+    structure, cat, cup = imgs
+    d = MultiBoxDrawer(shared_lab, structure, [cat])
+    drag(d.target, (4, 6), (30, 40))
+    d.add_pair(target_box=(34, 10, 62, 58))
+    choices, refreshes = [], []
+    real_set = MultiBoxDrawer.set_reference
+    monkeypatch.setattr(MultiBoxDrawer, "set_reference", lambda self, *a, **k:
+                        choices.append(a) or real_set(self, *a, **k))
+    real_refresh = d._refresh
+    monkeypatch.setattr(d, "_refresh", lambda: refreshes.append(1) or real_refresh())
+    d.select(0)
+    assert refreshes == [1] and d.target.box == (4, 6, 30, 40)
+    assert d.pairs[1].target_box == (34, 10, 62, 58)  # the other pair is untouched
+    d.add_reference(cup)  # new options: ipywidgets would select the first one
+    d.ref_choice.value = 1  # as a user picks the cup: one call
+    d.add_reference(imgs[0])
+    assert choices == [(1,)] and d.pairs[0].reference == 1 and d.ref_choice.value == 1
+    refreshes.clear()
+    d.target.clear()  # the Clear button: one edit
+    drag(d.target, (8, 8), (40, 40))
+    assert d.pairs[0].target_box == (8, 8, 40, 40) and refreshes == [1, 1]
+    assert d.pairs[1].target_box == (34, 10, 62, 58)
+    refreshes.clear()
+    d.replace_structure(cat)
+    assert [p.target_box for p in d.pairs] == [None, None] and d.target.box is None
+    assert refreshes == [1]

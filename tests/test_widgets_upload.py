@@ -46,7 +46,7 @@ def error_lines(source: ImageSource) -> list[str]:
 def test_an_uploaded_png_replaces_the_drawers_image(shared_lab, pair):
     drawer = BoxDrawer(pair.structure, box=(4, 4, 30, 30), lab=shared_lab)
     seen = []
-    drawer.observers.append(lambda d: seen.append(d.box))
+    drawer.observe(lambda change: seen.append(change.new), names="box")
     data = png_bytes()
     upload(drawer.source, data, "mine.png")
     expected = load_image(data, SMALL, name="mine.png")
@@ -111,7 +111,7 @@ def test_the_multi_drawer_replaces_the_selected_reference_or_the_structure(share
     upload(multi.target.source, png_bytes(5), "scene.png")
     assert multi.structure.name == "scene.png" and multi.target.image.name == "scene.png"
     assert [p.target_box for p in multi.pairs] == [None, None]
-    assert multi.multi_pair(mask="box").structure.name == "scene.png"
+    assert multi.pair(mask="box").structure.name == "scene.png"
     upload(multi.target.source, b"junk", "junk.png")
     assert multi.structure.name == "scene.png" and len(error_lines(multi.target.source)) == 1
 

@@ -9,9 +9,12 @@ the boxes JSON read by the CLI and ``Lab.pair(boxes=...)``. Handlers take model 
 
 An upload or a path (:class:`~widgets.image_source.ImageSource`) replaces the image.
 
+The box is a trait: ``drawer.observe(fn, names="box")`` hears every change of it (once
+the drawing shows it), ``drawer.unobserve(fn, names="box")`` stops.
+
 A drawer can also show other, inactive boxes (:class:`ExtraBox`, e.g. the other pairs of
 a multi-object run): they are drawn thinner with a label, and a click (no drag) inside
-one calls the ``pick_observers`` with its key.
+one calls the callbacks of ``drawer.on_pick(fn)`` with its key (``remove=True`` removes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Hashable
 
 import ipywidgets as W
+import traitlets
 
 from e4e_lab.errors import BoxError
 from e4e_lab.io.formats import lookup_box, parse_box, read_boxes, write_boxes
@@ -48,12 +52,16 @@ class ExtraBox:
     key: Hashable = None
 
 
-class BoxDrawer(LabWidget):
+class BoxDrawer(LabWidget, traitlets.HasTraits):
     """One image and at most one (active) box on it, plus inactive :class:`ExtraBox` es."""
+
+    #: the active box (x0, y0, x1, y1) in model pixels, or None
+    box = traitlets.Tuple(default_value=None, allow_none=True)
 
     def __init__(self, image: LoadedImage, box=None, lab=None, title: str | None = None,
                  display_size: int = 256, min_size: int = 2, color=BOX_COLOR,
                  sources: bool = True):
+        super().__init__()  # traitlets
         self.lab = lab
         self.image = image
         self.name = image.name
@@ -61,11 +69,9 @@ class BoxDrawer(LabWidget):
         self.min_size = min_size
         self.color = tuple(color)
         self.extras: list[ExtraBox] = []
-        self.pick_observers: list[Callable[[Hashable], None]] = []
-        self.box: tuple[int, int, int, int] | None = None
+        self._picks = W.CallbackDispatcher()
         self.mode: str | None = None  # "draw" | "move" | "resize" while the button is down
         self.handle: str | None = None
-        self.observers: list[Callable[["BoxDrawer"], None]] = []
         self._anchor: tuple[float, float] | None = None
         self._start: tuple[float, float, float, float] | None = None
         self._live: tuple[float, float, float, float] | None = None
@@ -90,12 +96,17 @@ class BoxDrawer(LabWidget):
             self.redraw()
 
     # ---------------------------------------------------------------- state --
+    def on_pick(self, callback: Callable[[Hashable], None], remove: bool = False) -> None:
+        """Call ``callback(key)`` when a click picks an inactive box (``remove``: stop)."""
+        self._picks.register_callback(callback, remove=remove)
+
     def set_box(self, box) -> None:
         """Set the box from [x0, y0, x1, y1] (validated and clipped to the image)."""
-        self.box = None if box is None else parse_box(box, self.size, f"box of {self.name}")
-        self._live = None
-        self.redraw()
-        self._notify()
+        box = None if box is None else parse_box(box, self.size, f"box of {self.name}")
+        with self.hold_trait_notifications():  # the box's observers see it drawn
+            self.box = box
+            self._live = None
+            self.redraw()
 
     def clear(self) -> None:
         self.set_box(None)
@@ -198,17 +209,16 @@ class BoxDrawer(LabWidget):
         live, self._live = self._live, None
         self.mode, self.handle = None, None
         picked = None
-        if live is not None:
-            x0, y0, x1, y1 = (round(v) for v in live)
-            if x1 - x0 >= self.min_size and y1 - y0 >= self.min_size:
-                self.box = (x0, y0, x1, y1)
-            else:  # a click without a drag keeps the box, and may pick an inactive one
-                picked = self.extra_at(x, y)
-        self.redraw()
-        self._notify()
+        with self.hold_trait_notifications():  # the box's observers see it drawn
+            if live is not None:
+                x0, y0, x1, y1 = (round(v) for v in live)
+                if x1 - x0 >= self.min_size and y1 - y0 >= self.min_size:
+                    self.box = (x0, y0, x1, y1)
+                else:  # a click without a drag keeps the box, and may pick an inactive one
+                    picked = self.extra_at(x, y)
+            self.redraw()
         if picked is not None:
-            for fn in self.pick_observers:
-                fn(picked.key)
+            self._picks(picked.key)
 
     def on_mouse_out(self, x: float, y: float) -> None:
         """Leaving the canvas ends a drag where the pointer left."""
@@ -235,10 +245,6 @@ class BoxDrawer(LabWidget):
             text = (f"box [x0, y0, x1, y1] = {list(self.box)} model pixels of {w}x{h}; "
                     "drag inside to move, drag a handle to resize")
         self.coords.value = f"<code>{html.escape(self.name)}</code>: {html.escape(text)}"
-
-    def _notify(self) -> None:
-        for fn in self.observers:
-            fn(self)
 
 
 def file_row(owner, path: str | Path, description: str) -> W.HBox:

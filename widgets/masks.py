@@ -58,7 +58,7 @@ class MaskEditor(LabWidget):
         self.points: list[tuple[float, float]] = []
         self.labels: list[int] = []
         self.mask: torch.Tensor = torch.ones(image.size[1], image.size[0])
-        self.observers: list[Callable[["MaskEditor"], None]] = []
+        self._updates = W.CallbackDispatcher()
         self.grid_size = grid_size
 
         self.view = ImageCanvas(image, display_size)
@@ -116,6 +116,11 @@ class MaskEditor(LabWidget):
         self.box = None if box is None else tuple(box)
         self.update()
 
+    def on_update(self, callback: Callable[["MaskEditor"], None], remove: bool = False
+                  ) -> None:
+        """Call ``callback(editor)`` after each recomputed mask (``remove``: stop)."""
+        self._updates.register_callback(callback, remove=remove)
+
     # ---------------------------------------------------------- computation --
     def update(self) -> None:
         """Recompute the mask from the source, box and clicks, and redraw."""
@@ -144,8 +149,7 @@ class MaskEditor(LabWidget):
                 f"{len(self.points)} click(s){extra}", kind)
         self.draw()
         self.draw_grids()
-        for fn in self.observers:
-            fn(self)
+        self._updates(self)
 
     # -------------------------------------------------------------- drawing --
     def draw(self) -> None:
@@ -206,7 +210,7 @@ class PairMaskEditor(LabWidget):
         self.drawer = drawer
         for mine, theirs in ((self.appearance, drawer.appearance),
                              (self.structure, drawer.structure)):
-            theirs.observers.append(lambda d, mine=mine: mine.set_box(d.box))
+            theirs.observe(lambda change, mine=mine: mine.set_box(change.new), names="box")
 
     def pair(self):
         """The pair with the edited masks (raises MaskError for an empty mask)."""

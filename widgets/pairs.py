@@ -6,17 +6,16 @@ the selected pair's reference image. The selected pair's boxes are the active on
 other pairs' boxes are shown thinner, in their own colours, and a click inside one selects
 that pair. Each pair has one hue: strong on the target, pale on the reference.
 
-``objects()`` is the list ``Lab.multi_pair(structure, objects)`` takes; ``save`` / ``load``
+``objects()`` is the list ``Lab.pair(structure, objects=...)`` takes; ``save`` / ``load``
 read and write the ``--pairs`` JSON of the CLI (``example/multi_pairs.json``)::
 
     drawer = MultiBoxDrawer(lab, structure, [cat, cup], pairs="example/multi_pairs.json")
     drawer.select(1); drawer.target.set_box([30, 2, 62, 60])
-    multi = drawer.multi_pair(mask="box")           # a MultiPair for lab.transfer
+    multi = drawer.pair(mask="box")                 # a MultiPair for lab.transfer
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +55,9 @@ class MultiBoxDrawer(LabWidget):
         self.pairs: list[ObjectPair] = []
         self.selected: int | None = None
         self._next_color = 0
-        self._syncing = False
         self._saved: tuple[Path, dict] | None = None  # (file, document) of the last save
         self.ref_choice = W.Dropdown(description="reference", layout=W.Layout(width="340px"))
+        self.ref_choice.observe(self._on_ref_choice, names="value")
         if not references:
             raise BoxError("MultiBoxDrawer needs at least one reference image: pass "
                            "references=[lab.load_image(path, size), ...]")
@@ -69,10 +68,12 @@ class MultiBoxDrawer(LabWidget):
                                 display_size=display_size)
         self.reference = BoxDrawer(self.references[0], title="reference (appearance)",
                                    display_size=display_size)
-        self.target.observers.append(lambda d: self._on_box("target_box", d.box))
-        self.reference.observers.append(lambda d: self._on_box("appearance_box", d.box))
+        # the drawers' boxes follow the selected pair; a change that is not the pair's
+        # box yet is the user's edit (_on_box)
+        self.target.observe(lambda c: self._on_box("target_box", c.new), names="box")
+        self.reference.observe(lambda c: self._on_box("appearance_box", c.new), names="box")
         for d in (self.target, self.reference):
-            d.pick_observers.append(self.select)
+            d.on_pick(self.select)
         self.target.source.lab = self.reference.source.lab = lab
         self.target.source.on_image = self.replace_structure
         self.reference.source.on_image = self.replace_reference
@@ -82,7 +83,6 @@ class MultiBoxDrawer(LabWidget):
         self.remove_button = W.Button(description="Remove pair", icon="trash")
         self.add_button.on_click(lambda _: self.add_pair())
         self.remove_button.on_click(lambda _: self.remove_pair())
-        self.ref_choice.observe(self._on_ref_choice, names="value")
         self.legend = W.HTML()
         files = file_row(self, path, "pairs JSON")
         self.widget = self._frame(
@@ -105,22 +105,12 @@ class MultiBoxDrawer(LabWidget):
         self._refresh_ref_options()
         return len(self.references) - 1
 
-    @contextmanager
-    def _quiet(self):
-        """Box and reference changes made here are not the user's edits."""
-        self._syncing = True
-        try:
-            yield
-        finally:
-            self._syncing = False
-
     def replace_structure(self, image: LoadedImage) -> None:
         """Another structure image (same size); every target box is cleared."""
-        with self._quiet():
-            self.target.replace_image(image)
-        self.structure = image
-        for pair in self.pairs:
+        for pair in self.pairs:  # first: the drawer's cleared box is then no edit
             pair.target_box = None
+        self.target.replace_image(image)
+        self.structure = image
         self._refresh()
 
     def replace_reference(self, image: LoadedImage) -> None:
@@ -131,16 +121,19 @@ class MultiBoxDrawer(LabWidget):
         for pair in (p for p in self.pairs if p.reference == ref):
             pair.appearance_box = None
         self._refresh_ref_options()
-        with self._quiet():
-            self.reference.replace_image(image)
+        self.reference.replace_image(image)
         self._refresh()
 
     def _refresh_ref_options(self) -> None:
-        with self._quiet():
-            self.ref_choice.options = [(f"{n + 1}: {r.name}", n)
-                                       for n, r in enumerate(self.references)]
-            if self.selected is not None:
-                self.ref_choice.value = self.pairs[self.selected].reference
+        """New options for the reference choice, showing the selected pair's reference.
+        Without a selection ipywidgets keeps none when the options change (with one it
+        would jump to the first option, which _on_ref_choice would take for the user's
+        choice); then the choice moves from None to the pair's own reference, no edit."""
+        self.ref_choice.index = None
+        self.ref_choice.options = [(f"{n + 1}: {r.name}", n)
+                                   for n, r in enumerate(self.references)]
+        self.ref_choice.value = self.pairs[self.selected].reference \
+            if self.selected is not None else 0
 
     # ----------------------------------------------------------------- pairs --
     def add_pair(self, target_box=None, appearance_box=None, reference: int | None = None
@@ -173,14 +166,13 @@ class MultiBoxDrawer(LabWidget):
         """Make a pair the one being edited (None: none; drawing then adds a pair)."""
         if index is not None and not 0 <= index < len(self.pairs):
             raise IndexError(f"pair {index} does not exist: there are {len(self.pairs)} pairs")
-        self.selected = index
-        with self._quiet():
-            pair = None if index is None else self.pairs[index]
-            self.target.set_box(pair and pair.target_box)
-            if pair is not None:
-                self.ref_choice.value = pair.reference
-                self.reference.set_image(self.references[pair.reference])
-            self.reference.set_box(pair and pair.appearance_box)
+        self.selected = index  # first: the drawers then show the pair's own boxes (no edit)
+        pair = None if index is None else self.pairs[index]
+        self.target.set_box(pair and pair.target_box)
+        if pair is not None:
+            self.ref_choice.value = pair.reference
+            self.reference.set_image(self.references[pair.reference])
+        self.reference.set_box(pair and pair.appearance_box)
         self._refresh()
 
     def set_reference(self, reference: int, index: int | None = None) -> None:
@@ -208,18 +200,23 @@ class MultiBoxDrawer(LabWidget):
 
     # ----------------------------------------------------------------- events --
     def _on_box(self, field: str, box) -> None:
-        if self._syncing:
-            return
+        """A drawer's box changed. Selecting a pair or replacing an image shows boxes the
+        pairs already hold; any other change is the user's edit of the selected pair (or,
+        with none selected, a new pair)."""
         if self.selected is None:
-            if box is None:
-                return
-            self.add_pair(**{field: box})
+            if box is not None:
+                self.add_pair(**{field: box})
             return
-        setattr(self.pairs[self.selected], field, box)
-        self._refresh()
+        pair = self.pairs[self.selected]
+        if getattr(pair, field) != box:
+            setattr(pair, field, box)
+            self._refresh()
 
     def _on_ref_choice(self, change) -> None:
-        if not self._syncing and change["new"] is not None:
+        """The reference choice changed: the user's choice when it is not the selected
+        pair's reference already (None: the options are being replaced)."""
+        if (change["new"] is not None and self.selected is not None
+                and change["new"] != self.pairs[self.selected].reference):
             self.set_reference(change["new"])
 
     # ----------------------------------------------------------------- drawing --
@@ -260,18 +257,19 @@ class MultiBoxDrawer(LabWidget):
 
     # ------------------------------------------------------------------ output --
     def objects(self) -> list[ObjectSpec]:
-        """The pairs as ``Lab.multi_pair(structure, objects)`` takes them (a missing box
+        """The pairs as ``Lab.pair(structure, objects=...)`` takes them (a missing box
         stays None: the library then uses the whole image)."""
         return [ObjectSpec(self.references[p.reference],
                            None if p.target_box is None else list(p.target_box),
                            None if p.appearance_box is None else list(p.appearance_box))
                 for p in self.pairs]
 
-    def multi_pair(self, mask: str = "auto", **kwargs):
-        """``lab.multi_pair`` of the structure with the drawn pairs (the result records
-        the mask mode really used)."""
-        return self.lab.multi_pair(self.structure, self.objects(),
-                                   mask=mask, **kwargs)
+    def pair(self, mask: str = "auto", **kwargs):
+        """``lab.pair`` of the structure with the drawn pairs as its objects (the result
+        records the mask mode really used), as ``PairBoxDrawer.pair`` for one object."""
+        return self.lab.pair(self.structure, objects=self.objects(), mask=mask, **kwargs)
+
+    multi_pair = pair  # the same call (kept for code written before)
 
     def to_json(self, folder: str | Path = ".") -> dict:
         """The ``--pairs`` JSON document; appearance paths relative to ``folder`` (the

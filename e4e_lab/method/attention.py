@@ -22,9 +22,10 @@ At an active step, a layer sees the normalised hidden states of the whole batch
 
 Background positions (outside the target mask) keep their own features. Attention is
 computed with SDPA; explicit attention weights are built only for the layers and
-steps a :class:`~e4e_lab.method.recording.Recorder` asked for, and for the output row
-of the cross-image baseline (its contrast acts on the weights). Recording is a hook:
-the math never depends on it.
+steps a :class:`~e4e_lab.method.recording.Recorder` asked for, and in ``cross-image``
+mode for the output row at every injected step that is not a refresh (its contrast acts
+on the weights: SDPA's result for that row is computed, then replaced). Recording is a
+hook: the math never depends on it.
 """
 
 from __future__ import annotations

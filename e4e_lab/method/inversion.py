@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import DeviceOutOfMemoryError
+from ..errors import ConfigError, DeviceOutOfMemoryError
 from ..io.cache import TensorCache, key_of
 from ..models.freeu import freeu
 from ..models.loading import Models
@@ -208,14 +208,43 @@ def invert_uncached(models: Models, images: Sequence[LoadedImage], config: Inver
     return results
 
 
+@dataclass(frozen=True)
+class InversionKey:
+    """What one image's inversion depends on (``spec``), its cache key (the spec's
+    digest) and the UNet chunk size the spec names, which the inversion then uses."""
+
+    spec: dict
+    key: str
+    chunk: int
+
+
+def inversion_keys(models: Models, images: Sequence[LoadedImage], config: InversionConfig,
+                   batch_size: int | None = None) -> list[InversionKey]:
+    """The cache key of each image's inversion, computed once: ``Lab`` looks them up in
+    its memory cache and hands them to :func:`invert` for the disk cache. On a GPU the
+    chunk size follows the free memory, so keys made now also fix the chunks used."""
+    out = []
+    for im in images:
+        chunk = unet_chunk(models, im, batch_size)
+        spec = cache_spec(models, im, config, chunk)
+        out.append(InversionKey(spec, key_of(spec), chunk))
+    return out
+
+
 def invert(models: Models, images: Sequence[LoadedImage], config: InversionConfig,
            cache: TensorCache | None = None, batch_size: int | None = None,
-           progress: Callable[[int, int], None] | None = None) -> list[InversionResult]:
+           progress: Callable[[int, int], None] | None = None,
+           keys: Sequence[InversionKey] | None = None) -> list[InversionResult]:
     """Invert images, reusing cached trajectories; each uncached image is inverted on
-    its own, so what the cache holds never changes a result."""
-    chunks = [unet_chunk(models, im, batch_size) for im in images]
-    specs = [cache_spec(models, im, config, c) for im, c in zip(images, chunks)]
-    keys = [key_of(s) for s in specs]
+    its own, so what the cache holds never changes a result. ``keys`` (one per image,
+    from :func:`inversion_keys` with the same ``config``) saves computing them again."""
+    if keys is None:
+        keys = inversion_keys(models, images, config, batch_size)
+    elif len(keys) != len(images):
+        raise ConfigError("keys", f"{len(keys)} keys", f"one per image ({len(images)}), "
+                          "from inversion_keys(models, images, config)")
+    specs, chunks = [k.spec for k in keys], [k.chunk for k in keys]
+    keys = [k.key for k in keys]
     found: dict[int, InversionResult] = {}
     if cache is not None:
         for i, (im, key, spec) in enumerate(zip(images, keys, specs)):

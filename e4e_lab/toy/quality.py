@@ -167,12 +167,14 @@ def _transfer(lab, inputs: _PairInputs, config: TransferConfig, index: int):
 
 
 def _dift(lab, image, prompt: str, config: TransferConfig) -> torch.Tensor:
-    from ..models.dift import dift_features
+    """DIFT features of one image with its own prompt (a toy pair's two images have
+    different ones), in the settings every DIFT caller takes from a config."""
+    from ..models.dift import DiftSettings, dift_features
 
+    s = DiftSettings.from_config(config)
     with lab.models.in_use():
-        return dift_features(lab.models, image, timestep=config.dift_timestep,
-                             block=config.dift_block, ensemble=config.dift_ensemble,
-                             prompt=prompt, seed=config.seed).features
+        return dift_features(lab.models, image, s.timestep, s.block, s.ensemble, prompt,
+                             s.seed).features
 
 
 def evaluate_pair(lab, index: int, methods: Sequence[str], base: TransferConfig, size: int,
