@@ -35,7 +35,7 @@ from .method.config import TransferConfig
 from .method.correspondence import CorrespondenceField
 from .method.images import ImageLike, LoadedImage, check_image_source, load_image
 from .method.inversion import InversionResult, invert, inversion_keys
-from .method.pairs import MultiPair, Pair
+from .method.pairs import MultiPair, Pair, refuse_one_object_arguments
 from .method.masks import as_mask, full_mask, object_mask, require_nonempty
 from .method.regions import RegionPair
 from .method.transfer import StepEvent, TransferResult, run_multi_transfer
@@ -44,21 +44,6 @@ from .models.loading import Models, load_pipeline
 from .progress import BarFactory, SessionBars, on_steps
 
 log = logging.getLogger(__name__)
-
-
-#: Where each one-object argument of ``Lab.pair`` goes when a pair has ``objects=``.
-_PER_OBJECT = {"appearance": "objects[n]['appearance']",
-               "appearance_box": "objects[n]['appearance_box']",
-               "structure_box": "objects[n]['target_box']",
-               "boxes": "each object's boxes (a --pairs file: read_pairs)",
-               "appearance_mask": "objects[n]['appearance_mask']",
-               "structure_mask": "objects[n]['target_mask']"}
-
-
-def _short(value) -> object:
-    """How an error message shows an argument: small values as they are, else the type."""
-    return value if isinstance(value, (str, os.PathLike, list, tuple, int)) and \
-        len(repr(value)) < 80 else type(value).__name__
 
 
 class Lab:
@@ -208,10 +193,7 @@ class Lab:
         given = dict(appearance=appearance, appearance_box=appearance_box,
                      structure_box=structure_box, boxes=boxes,
                      appearance_mask=appearance_mask, structure_mask=structure_mask)
-        for name, value in given.items():
-            if value is not None:
-                raise ConfigError(name, _short(value), f"with objects= it goes in "
-                                  f"{_PER_OBJECT[name]}; or drop objects= for one pair")
+        refuse_one_object_arguments(given)
         if structure is None:
             raise ConfigError("structure", None, "the structure image: "
                               "lab.pair(structure, objects=[...])")

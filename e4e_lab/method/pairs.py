@@ -8,10 +8,12 @@ a structure image with several (target region, reference region) pairs. Both exp
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from ..io.formats import Box, MaskMode
 from .images import LoadedImage
 from .regions import RegionPair
@@ -97,3 +99,27 @@ class Pair:
     @property
     def regions(self) -> list[RegionPair]:
         return [RegionPair(self.structure_mask.float(), self.appearance_mask.float(), 0)]
+
+
+#: Where each one-object argument of ``Lab.pair`` goes when a pair has ``objects=``.
+_PER_OBJECT = {"appearance": "objects[n]['appearance']",
+               "appearance_box": "objects[n]['appearance_box']",
+               "structure_box": "objects[n]['target_box']",
+               "boxes": "each object's boxes (a --pairs file: read_pairs)",
+               "appearance_mask": "objects[n]['appearance_mask']",
+               "structure_mask": "objects[n]['target_mask']"}
+
+
+def _short(value) -> object:
+    """How an error message shows an argument: small values as they are, else the type."""
+    return value if isinstance(value, (str, os.PathLike, list, tuple, int)) and \
+        len(repr(value)) < 80 else type(value).__name__
+
+
+def refuse_one_object_arguments(given: dict) -> None:
+    """``Lab.pair(..., objects=...)`` refuses the arguments of a one-object pair: the
+    first one given is a ConfigError saying where it goes instead."""
+    for name, value in given.items():
+        if value is not None:
+            raise ConfigError(name, _short(value), f"with objects= it goes in "
+                              f"{_PER_OBJECT[name]}; or drop objects= for one pair")
