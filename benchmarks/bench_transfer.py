@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
           f"images not meaningful), loaded in {t_load:.1f} s | device {device} ({where}) | "
           f"dtype {str(args.dtype).replace('torch.', '')} | size {args.size} (latent {lh}x{lh}) | "
           f"{config.num_steps} steps, {config.skip_steps} skipped, {config.denoising_steps} "
-          f"denoising | injection {config.injection} | guidance {config.guidance} | "
+          f"denoising | injection {config.injection.mode} | guidance {config.guidance.scale} | "
           f"FreeU {freeu_label(config.freeu)}{' | torch.compile' if args.compile else ''}",
           flush=True)
     ours, ours_mem = measure_ours(args, models, pair, config)

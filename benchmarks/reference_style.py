@@ -128,7 +128,7 @@ class ReferenceInjectProcessor:
         residual = hidden_states
         out, app, struct = st.output_row, st.appearance_row, st.structure_row
         refresh = cfg.refreshes_at(st.step)
-        mode = cfg.injection
+        mode = cfg.injection.mode
         index = None
         if not refresh:
             h, w = st.grid(hidden_states.shape[1])
@@ -237,7 +237,7 @@ def reference_transfer(models: Models, appearance, structure, appearance_mask: t
     ``appearance`` / ``structure`` are :class:`e4e_lab.method.images.LoadedImage`. Keys:
     ``inversion_s``, ``denoise_s``, ``ms_per_step``, ``decode_s``, ``transfer_s``.
     """
-    if config.injection == "cross-image":
+    if config.injection.mode == "cross-image":
         raise ValueError("the reference code has no cross-image mode: pick feature, v, kv or none")
     device = models.device
     latent_hw = tuple(s // models.vae_scale_factor for s in structure.pixels.shape[-2:])

@@ -127,7 +127,7 @@ def _transfer(args) -> int:
         if args.compile:
             lab.models.compile_unet()
         pair = _load_pair(lab, args, boxes, objects)
-        bars = _Bars(args.quiet, config.injection)
+        bars = _Bars(args.quiet, config.injection.mode)
         try:
             result = lab.transfer(pair, config, callback=bars.step,
                                   inversion_progress=bars.inversion)

@@ -124,7 +124,7 @@ def _add_schedule(p, d: TransferConfig) -> None:
     """The schedule and seed flags that ``transfer`` and ``evaluate`` share."""
     p.add_argument("--steps", type=int, default=d.num_steps, help="scheduler steps")
     p.add_argument("--skip-steps", type=int, default=d.skip_steps)
-    p.add_argument("--guidance", type=float, default=d.guidance)
+    p.add_argument("--guidance", type=float, default=d.guidance.scale)
     p.add_argument("--feat-range", default=d.feat_range, **_range("feat_range"),
                    help=RANGE_HELP % "that inject features")
     p.add_argument("--adain-range", default=d.adain_range, **_range("adain_range"),
@@ -135,7 +135,7 @@ def _add_schedule(p, d: TransferConfig) -> None:
 def _add_method(meth, d: TransferConfig) -> None:
     meth.add_argument("--domain", default=d.domain, metavar="WORD",
                       help='object category for the prompt "A photo of a {domain}"')
-    meth.add_argument("--injection", choices=INJECTION_MODES, default=d.injection)
+    meth.add_argument("--injection", choices=INJECTION_MODES, default=d.injection.mode)
     meth.add_argument("--correspondence", choices=("match", "dift"), default=d.correspondence,
                       help="match features in each layer (default) or use a DIFT field")
     _add_schedule(meth, d)

@@ -279,7 +279,7 @@ def test_panel_run_stop_run(lab_page):
     lp.page.wait_for_function("el => el.innerText.includes('done in')",
                               arg=panel.element_handle(), timeout=30_000)
     assert _progress(panel) == pytest.approx(100)
-    assert lp.kernel_json("panel.config().injection") == "v"
+    assert lp.kernel_json("panel.config().injection.mode") == "v"
     lp.page.wait_for_function("img => img.complete && img.naturalWidth > 0",  # the result
                               arg=panel.locator("img.e4e-result").element_handle(),
                               timeout=30_000)

@@ -355,6 +355,17 @@ def test_help_states_the_accepted_ranges_and_the_warnings():
         assert part in text, part
 
 
+def test_the_flags_default_to_the_default_config():
+    """Each transfer flag's default is its config setting's default (guidance and
+    injection are read from their groups, ``config.guidance.scale`` / ``.injection.mode``)."""
+    from e4e_lab.cli import _config, build_parser
+    from e4e_lab.method.config import TransferConfig
+
+    args = build_parser().parse_args(["transfer", "--structure", "s.png", "--out", "o"])
+    assert (args.guidance, args.injection) == (2.5, "feature")
+    assert _config(args) == TransferConfig()
+
+
 # ---------------------------------------------------------------------------------------
 # Output folders as transactions, and Ctrl-C (issue 15): a run owns its --out from start
 # to end, writes into a staging folder and moves it in only when complete.

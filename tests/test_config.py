@@ -13,7 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from e4e_lab.errors import ConfigError, E4ELabWarning
-from e4e_lab.method.config import INJECTION_MODES, TransferConfig
+from e4e_lab.method.config import (FLAT_FIELDS, INJECTION_MODES, AdainConfig,
+                                   CrossImageConfig, DenoisingConfig, DiftConfig,
+                                   GuidanceConfig, InjectionConfig, InversionConfig,
+                                   RecordingConfig, TransferConfig)
 
 from conftest import assert_names
 from strategies import SETTINGS, json_values
@@ -89,8 +92,7 @@ def test_each_config_field_names_field_value_and_range(field, value, allowed):
 
 
 def test_every_config_field_is_covered_above():
-    fields = {f.name for f in dataclasses.fields(TransferConfig)}
-    assert fields == {f for f, _, _ in CONFIG_CASES}
+    assert set(FLAT_FIELDS) == {f for f, _, _ in CONFIG_CASES}
 
 
 def test_short_schedules_keep_the_default_thresholds(fast_config):
@@ -108,7 +110,7 @@ def test_config_json_is_data(fast_config):
     assert TransferConfig.from_dict(json.loads(fast_config.to_json())) == fast_config
 
 
-_FIELDS = [f.name for f in dataclasses.fields(TransferConfig)]
+_FIELDS = list(FLAT_FIELDS)
 
 
 _wild = st.one_of(
@@ -189,3 +191,120 @@ def test_recording_steps_that_do_not_inject_warn():
     msgs = _quiet(num_steps=20, skip_steps=6, feat_range=(2, 12), adain_range=(10, 20),
                   record_attention_layers=("*",), record_attention_steps=(3, 13))[1]
     assert len(msgs) == 1 and "record_attention_steps [13]" in msgs[0]
+
+
+# ------------------------------------------- the groups (issue 13 item 4) --
+
+#: A valid value other than the default for every flat setting.
+OTHER = {
+    "num_steps": 120, "inversion_cfg": 5.0, "prompt_template": "a {domain}", "domain": "cat",
+    "seed": 3, "freeu": "off", "skip_steps": 10, "guidance": 4.0, "injection": "v",
+    "correspondence": "dift", "feat_range": (5, 60), "adain": False, "adain_range": (40, 90),
+    "refresh_every": 3, "refresh_until": 30, "schedule": "exact", "mask_resize": "area",
+    "cross_image_contrast": 2.0, "cross_image_guidance": (3.0, 1.0),
+    "cross_image_adain_start": 10, "dift_timestep": 100, "dift_block": 2, "dift_ensemble": 4,
+    "record_matches": True, "record_attention_layers": ("*",), "record_attention_steps": (20,),
+}
+_GROUP_NAMES = [f.name for f in dataclasses.fields(TransferConfig)]
+
+
+def _group_of(flat: str) -> str:
+    """The group whose field declares the flat name ``flat``."""
+    (group,) = [g.name for g in dataclasses.fields(TransferConfig)
+                if any(f.metadata["flat"] == flat for f in dataclasses.fields(g.default_factory))]
+    return group
+
+
+def test_flat_and_nested_construction_give_equal_configs():
+    flat = TransferConfig(injection="v", adain=False, guidance=3.0, num_steps=50,
+                          feat_range=(5, 40), adain_range=(10, 50))
+    nested = TransferConfig(inversion=InversionConfig(num_steps=50),
+                            injection=InjectionConfig(mode="v", feat_range=(5, 40)),
+                            adain=AdainConfig(enabled=False, range=(10, 50)),
+                            guidance=GuidanceConfig(3.0))
+    assert flat == nested and hash(flat) == hash(nested) and len({flat, nested}) == 1
+    assert (flat.injection.mode, flat.adain.enabled, flat.guidance.scale) == ("v", False, 3.0)
+    assert flat.inversion.num_steps == flat.num_steps == 50 and flat.feat_range == (5, 40)
+    assert flat != flat.replace(seed=1)
+    # a flat setting given with its group overrides that field of the group
+    mixed = TransferConfig(injection=InjectionConfig(mode="kv"), feat_range=(1, 2))
+    assert mixed.injection == InjectionConfig(mode="kv", feat_range=(1, 2))
+
+
+@pytest.mark.parametrize("flat", FLAT_FIELDS)
+def test_replacing_a_flat_setting_changes_only_its_group(flat):
+    base, value = TransferConfig(), OTHER[flat]
+    new = base.replace(**{flat: value})
+    assert new.get(flat) == value and new.to_dict() == base.to_dict() | {flat: value}
+    assert [g for g in _GROUP_NAMES if getattr(new, g) != getattr(base, g)] == [_group_of(flat)]
+    untouched = [g for g in _GROUP_NAMES if g != _group_of(flat)]
+    assert all(getattr(new, g) is getattr(base, g) for g in untouched)
+    if flat not in ("injection", "adain", "guidance"):  # those three name their groups
+        assert getattr(new, flat) == value  # the read-only shorthand
+        with pytest.raises(AttributeError):
+            setattr(new, flat, value)
+    assert TransferConfig(**{flat: value}) == new == dataclasses.replace(base, **{flat: value})
+
+
+def test_flat_fields_are_every_group_setting_once_and_round_trip():
+    declared = [f.metadata["flat"] for g in dataclasses.fields(TransferConfig)
+                for f in dataclasses.fields(g.default_factory)]
+    assert sorted(declared) == sorted(FLAT_FIELDS) and len(set(declared)) == len(declared)
+    assert set(OTHER) == set(FLAT_FIELDS)
+    cfg = TransferConfig(**OTHER)
+    assert list(cfg.to_dict()) == list(FLAT_FIELDS)
+    assert TransferConfig.from_dict(cfg.to_dict()) == cfg
+    assert TransferConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    for group in ("inversion", "cross_image", "recording"):  # groups are not JSON settings
+        with pytest.raises(ConfigError, match="unknown field"):
+            TransferConfig.from_dict({group: {}})
+
+
+GROUP_CASES = [
+    (InversionConfig, {"cfg_scale": -1.0}, "inversion_cfg", "[0.0, 100.0]"),
+    (InversionConfig, {"prompt_template": "A photo"}, "prompt_template", "{domain}"),
+    (DenoisingConfig, {"skip_steps": 1000}, "skip_steps", "[0, 999]"),
+    (GuidanceConfig, {"scale": "2"}, "guidance", "[0.0, 100.0]"),
+    (InjectionConfig, {"mode": "q"}, "injection", "one of feature"),
+    (InjectionConfig, {"feat_range": (70, 10)}, "feat_range", "<= 1000"),
+    (AdainConfig, {"enabled": 1}, "adain", "true or false"),
+    (AdainConfig, {"range": [5]}, "adain_range", "pair"),
+    (CrossImageConfig, {"guidance": (1.0,)}, "cross_image_guidance", "pair"),
+    (DiftConfig, {"ensemble": 0}, "dift_ensemble", "[1, 256]"),
+    (RecordingConfig, {"attention_steps": (0, 2000)}, "record_attention_steps", "[0, 1000]"),
+]
+
+
+@pytest.mark.parametrize("cls, values, field, allowed", GROUP_CASES,
+                         ids=[f"{c.__name__}-{f}" for c, _, f, _ in GROUP_CASES])
+def test_a_group_alone_names_the_flat_field(cls, values, field, allowed):
+    """On its own a group bounds step ranges by MAX_STEPS; errors name the flat field."""
+    with pytest.raises(ConfigError) as e:
+        cls(**values)
+    assert e.value.field == field
+    assert_names(e, f"'{field}'", allowed)
+
+
+def test_given_groups_are_checked_against_the_configs_steps():
+    with pytest.raises(ConfigError) as e:
+        TransferConfig(num_steps=50, adain_range=(10, 50),
+                       injection=InjectionConfig(feat_range=(10, 70)))
+    assert e.value.field == "feat_range" and "<= 50" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        TransferConfig(inversion=InversionConfig(num_steps=20),
+                       denoising=DenoisingConfig(skip_steps=32))
+    assert e.value.field == "skip_steps" and "[0, 19]" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        TransferConfig(inversion="A photo of a {domain}")
+    assert e.value.field == "inversion" and "InversionConfig" in str(e.value)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'cfg_scale'"):
+        TransferConfig(cfg_scale=3.5)
+
+
+def test_an_unreached_range_warns_where_the_config_is_made_or_replaced():
+    short = dict(num_steps=10, skip_steps=7, adain_range=(0, 10), feat_range=(2, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = TransferConfig(**short)
+        cfg.replace(seed=1)
+    assert [w.filename for w in caught] == [__file__, __file__]

@@ -23,11 +23,11 @@ def sweep(shared_lab, pair, fast_config):
 
 def test_a_2x2_sweep_has_four_configs_row_by_row(fast_config):
     configs = sweep_configs(fast_config, AXES)
-    assert [(c.guidance, c.injection) for c in configs] == [
+    assert [(c.guidance.scale, c.injection.mode) for c in configs] == [
         (1.0, "feature"), (1.0, "v"), (2.5, "feature"), (2.5, "v")]
     assert sweep_cells(AXES) == [(1.0, "feature"), (1.0, "v"), (2.5, "feature"), (2.5, "v")]
     for c in configs:  # everything else is the base's, so the inversion is shared
-        assert c.replace(guidance=fast_config.guidance, injection="feature") == fast_config
+        assert c.replace(guidance=fast_config.guidance.scale, injection="feature") == fast_config
     starts = sweep_configs(fast_config, {"feat_start": "0, 4", "adain_start": [8]})
     assert [c.feat_range for c in starts] == [(0, 12), (4, 12)]
     assert {c.adain_range for c in starts} == {(8, 20)}

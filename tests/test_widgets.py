@@ -349,7 +349,7 @@ def test_transfer_panel_stop_mid_run_then_run_again(shared_lab, pair, fast_confi
     # the session is still usable: change settings and run to completion
     panel.observers.clear()
     panel.set(injection="v", guidance=1.0, adain_range=(4, 10), mask=False, seed=fast_config.seed)
-    assert panel.config().injection == "v" and panel.config().guidance == 1.0
+    assert panel.config().injection.mode == "v" and panel.config().guidance.scale == 1.0
     assert panel.run(block=True) and panel.state == "done", panel.error
     assert panel.steps_done == panel.total_steps == fast_config.denoising_steps
     assert panel.progress.value == panel.progress.max

@@ -159,7 +159,7 @@ def test_cells_already_in_the_gallery_are_taken_not_run_again(shared_lab, pair, 
     assert panel.state == "done" and len(gallery.runs) == 2
     earlier = [r.result for r in gallery.runs]
     sweep = SweepPanel(shared_lab, pair, fast_config, gallery=gallery, cell=48)
-    sweep.set_axes(("guidance", f"1, {fast_config.guidance}"), ("injection", "feature, v"))
+    sweep.set_axes(("guidance", f"1, {fast_config.guidance.scale}"), ("injection", "feature, v"))
     assert sweep.run(block=True) and sweep.state == "done", sweep.error
     cells = sweep.result.cells
     assert [c.reused for c in cells] == [False, True, True, False]

@@ -45,9 +45,9 @@ def _label_results(results) -> dict[str, object]:
         return dict(results)
     out: dict[str, object] = {}
     for r in results if isinstance(results, Sequence) else [results]:
-        label, n = r.config.injection, 2
+        label, n = r.config.injection.mode, 2
         while label in out:
-            label, n = f"{r.config.injection} ({n})", n + 1
+            label, n = f"{r.config.injection.mode} ({n})", n + 1
         out[label] = r
     return out
 
@@ -98,7 +98,7 @@ class AttentionViewer(LabWidget):
             width = self.key_views[label].display_w
             self.captions[label].layout.max_width = f"{width}px"
             panels.append(column([W.HTML(f"<b>{html.escape(label)}</b> "
-                                         f"(injection: {html.escape(res.config.injection)})"),
+                                         f"(injection: {html.escape(res.config.injection.mode)})"),
                                   self.key_views[label].canvas, self.captions[label]], width))
         thumbs = [column([captioned(image_widget(render.resize_nearest(
             render.to_uint8(r.image), *render.display_shape(self.size, 128)), width=128),
@@ -221,7 +221,7 @@ class AttentionViewer(LabWidget):
 
     def _draw_key(self, label: str, view: ImageCanvas, branch: str) -> None:
         res = self.results[label]
-        layout = key_layout(res.config.injection, branch)
+        layout = key_layout(res.config.injection.mode, branch)
         self._show(view, layout)
         view.clear_marks()
         probs = self.probs(label)

@@ -61,7 +61,7 @@ def result_strip(result, pair, lab=None, title: str | None = None):
     return show_images([pair.structure, pair.appearance, result.image, result.structure_recon,
                         result.appearance_recon],
                        ["structure (target)", "appearance (reference)",
-                        f"result ({result.config.injection})", "structure recon",
+                        f"result ({result.config.injection.mode})", "structure recon",
                         "appearance recon"], lab, title)
 
 
@@ -216,7 +216,7 @@ def attention_comparison(results: dict, pair, layer: str, step: int,
         probs = res.recorder.attention[(layer, step)][branch]
         grid = res.recorder.grids[layer]
         amap = attention_map(probs, pixel_to_cell(*query, size, grid), grid)
-        layout = key_layout(res.config.injection, branch)
+        layout = key_layout(res.config.injection.mode, branch)
         base = (pair.appearance if layout == "appearance" else pair.structure).to_uint8()
         axes[0, i].imshow(render.composite(base, render.heat_rgba(amap, 0.7, vmin=0.0)),
                           interpolation="nearest")

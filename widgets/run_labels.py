@@ -28,7 +28,7 @@ IGNORED_BY_MODE = {
 
 def ignored(config_or_mode) -> dict[str, str]:
     """``{field: why}`` for the panel's fields that the run's mode ignores."""
-    mode = getattr(config_or_mode, "injection", config_or_mode)
+    mode = config_or_mode if isinstance(config_or_mode, str) else config_or_mode.injection.mode
     return IGNORED_BY_MODE.get(mode, {})
 
 
@@ -45,7 +45,7 @@ def adain_text(config) -> str:
     steps = config.steps()["adain"]
     if not steps:
         return "no adain"
-    if config.injection == "cross-image":
+    if config.injection.mode == "cross-image":
         return f"adain from step {steps[0]} (cross-image)"
     return f"adain={list(config.adain_range)}"
 
@@ -59,7 +59,7 @@ def matching_text(config) -> str:
 
 def run_summary(config) -> str:
     """One line: mode, matching, guidance, skip, feature range, AdaIN, seed, FreeU."""
-    parts = [config.injection]
+    parts = [config.injection.mode]
     if matching_text(config):
         parts.append(matching_text(config))
     parts.append(guidance_text(config))
@@ -79,7 +79,7 @@ def effective_params(config) -> dict[str, object]:
     for name, value in d.items():
         if name == "guidance":
             out[name] = guidance_text(config)[2:]
-        elif name == "adain_range" and config.injection == "cross-image":
+        elif name == "adain_range" and config.injection.mode == "cross-image":
             out[name] = adain_text(config)
         elif name in ignored(config):
             out[name] = "n/a"

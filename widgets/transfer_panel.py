@@ -97,19 +97,19 @@ class TransferPanel(BackgroundRun, LabWidget):
         b, n = self.base, self.base.num_steps
         style = {"description_width": "110px"}
         wide = W.Layout(width="460px")
-        self.injection = W.ToggleButtons(options=list(INJECTION_MODES), value=b.injection,
+        self.injection = W.ToggleButtons(options=list(INJECTION_MODES), value=b.injection.mode,
                                          description="injection", style=style)
         names = {"match": "per-layer features", "dift": "DIFT field"}
         self.correspondence = W.ToggleButtons(
             options=[(names.get(s, s), s) for s in CORRESPONDENCE_SOURCES],
             value=b.correspondence, description="matching", style=style)
-        self.guidance = W.FloatSlider(value=b.guidance, min=0.0, max=10.0, step=0.1,
+        self.guidance = W.FloatSlider(value=b.guidance.scale, min=0.0, max=10.0, step=0.1,
                                       description="guidance", style=style, layout=wide)
         self.skip_steps = W.IntSlider(value=b.skip_steps, min=0, max=n - 1,
                                       description="skip steps", style=style, layout=wide)
         self.feat_range = W.IntRangeSlider(value=b.feat_range, min=0, max=n,
                                            description="feature range", style=style, layout=wide)
-        self.adain = W.Checkbox(value=b.adain, description="masked AdaIN")
+        self.adain = W.Checkbox(value=b.adain.enabled, description="masked AdaIN")
         self.adain_range = W.IntRangeSlider(value=b.adain_range, min=0, max=n,
                                             description="AdaIN range", style=style, layout=wide)
         self.seed = W.BoundedIntText(value=b.seed, min=0, max=2**31 - 1, description="seed",

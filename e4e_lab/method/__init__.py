@@ -3,7 +3,8 @@
 =========  ==================================================================
 stage      file
 =========  ==================================================================
-—          ``config.py``: :class:`TransferConfig`, every knob and its checks
+—          ``config.py``: :class:`TransferConfig`, every knob and its checks;
+           ``config_groups.py``: its groups (inversion, injection, AdaIN, ...)
 1          ``images.py``: loading and fitting images (:class:`LoadedImage`)
 1          ``masks.py``: object masks, and masks on the layer and latent grids
 2          ``inversion.py``: edit-friendly DDPM inversion, cached;

@@ -243,9 +243,9 @@ class CrossImageAttention(InjectionProcessor):
 
 
 def make_processor(name: str, state: InjectionState) -> InjectionProcessor:
-    """The processor of ``state.config.injection`` for one layer (``none``: a feature
+    """The processor of ``state.config.injection.mode`` for one layer (``none``: a feature
     processor that is never active, since ``injects_at`` is always false)."""
-    mode = state.config.injection
+    mode = state.config.injection.mode
     if mode in ("v", "kv"):
         return ValueInjection(name, state, keys=mode == "kv")
     if mode == "cross-image":

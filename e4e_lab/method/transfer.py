@@ -167,8 +167,8 @@ def _check_inputs(appearances, structure, pairs, config, dift_field) -> None:
                              f"asks for {config.inversion}: invert again with this config")
     if any(not 0 <= p.reference < len(appearances) for p in pairs):
         raise ValueError(f"a region pair names a reference image outside 0..{len(appearances) - 1}")
-    if len(appearances) > 1 and config.injection == "cross-image":
-        raise ConfigError("injection", config.injection,
+    if len(appearances) > 1 and config.injection.mode == "cross-image":
+        raise ConfigError("injection", config.injection.mode,
                           "cross-image attention takes one reference image; use feature, v or "
                           "kv for several")
     if config.correspondence == "dift" and (dift_field is None or len(pairs) > 1):
@@ -211,7 +211,7 @@ def _prepare(models, appearances, structure, pairs, config, dift_field, recorder
                            recorder=recorder)
     lat_masks = _adain_masks(pairs, latent_hw, config.mask_resize, device)
     checks = {("matching", g): state.masks(g) for g in grids}
-    if config.adain:
+    if config.adain.enabled:
         checks[("AdaIN", latent_hw)] = [(tm, rm) for tm, rm, _, _ in lat_masks]
     _check_masks(checks)
     state.precompute(grids)
