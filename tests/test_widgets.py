@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("ipycanvas")
 
+from e4e_lab.errors import E4ELabWarning  # noqa: E402
 from e4e_lab.analysis.grids import cell_center, injected_grids, pixel_to_cell  # noqa: E402
 from e4e_lab.analysis.recording import transfer_with_features  # noqa: E402
 from e4e_lab.method.attention import InjectionProcessor  # noqa: E402
@@ -367,8 +368,9 @@ def test_transfer_panel_reports_invalid_settings(shared_lab, pair, fast_config):
     with pytest.raises(KeyError):
         panel.set(num_steps=3)
     panel.set(feat_range=(1, 4), adain_range=(3, 5))
-    panel.base = fast_config.replace(num_steps=5, skip_steps=3, feat_range=(1, 4),
-                                     adain_range=(3, 5))
+    with pytest.warns(E4ELabWarning, match="reaches no denoising step"):  # both ranges
+        panel.base = fast_config.replace(num_steps=5, skip_steps=3, feat_range=(1, 4),
+                                         adain_range=(3, 5))
     panel.skip_steps.value = 7  # leaves no denoising step of 5
     assert not panel.run() and panel.state == "failed"
     assert "skip_steps" in panel.status.value
