@@ -357,13 +357,13 @@ def test_attention_viewer_clicks_every_quarter_and_offers_its_menus(ran):
     lp.screenshot("4-attention-viewer", viewer)
 
     handle = query.element_handle()
-    for fx, fy in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)):
-        box = query.bounding_box()
-        x, y = fx * w, fy * h
-        point = _page_point(box, scale, x, y)
-        covering = lp.page.evaluate(_JS_TOP_ELEMENT, [*point, handle])
-        assert not covering, f"at ({x:.0f}, {y:.0f}) of the query image {covering} lies on top"
-        lp.page.mouse.click(*point)
+    quarters = [(fx * w, fy * h) for fy in (0.25, 0.75) for fx in (0.25, 0.75)]
+    covered = {xy: lp.page.evaluate(_JS_TOP_ELEMENT, [*_page_point(box, scale, *xy), handle])
+               for xy in quarters}
+    covered = {xy: el for xy, el in covered.items() if el}
+    assert not covered, f"parts of the query image lie under other elements: {covered}"
+    for x, y in quarters:
+        lp.page.mouse.click(*_page_point(query.bounding_box(), scale, x, y))
         got = lp.wait_kernel(f"viewer.query and abs(viewer.query[0] - {x}) <= 1 and "
                              f"abs(viewer.query[1] - {y}) <= 1 and list(viewer.query)", timeout=30)
         assert got == pytest.approx([x, y], abs=1)
