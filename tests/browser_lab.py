@@ -2,10 +2,12 @@
 
 - :func:`find_chromium`: Debian's ``chromium`` binary (never a downloaded browser).
 - :class:`LabServer`: JupyterLab on 127.0.0.1, a free port, no token, a throw-away HOME,
-  settings and root dir; news and update checks off; stopped by its process id.
+  settings and root dir; news and update checks off; the project's settings overrides
+  (``lab-settings/overrides.json``) installed as ``make lab`` installs them; stopped by its
+  process id.
 - :class:`LabPage`: one browser page on that server: open a notebook, run all cells,
   read the notebook model, run code in the notebook's kernel, collect console errors,
-  take screenshots.
+  take screenshots, each checked for widget labels cut off by their box.
 
 The JupyterLab application is exposed to the page (``expose_app_in_browser``) so the
 tests use JupyterLab's own commands and models instead of guessing from pixels; mouse
@@ -41,6 +43,11 @@ LAB_SETTINGS = {
 
 KERNEL_CALL_TIMEOUT_S = 120
 
+# ``make lab``'s settings: lab-settings/overrides.json goes into overrides.d/ of the app
+# settings dir JupyterLab is pointed at (Makefile, target ``lab``)
+PROJECT_OVERRIDES = Path(__file__).resolve().parents[1] / "lab-settings" / "overrides.json"
+OVERRIDES_NAME = "e4e-lab.json"
+
 # text that means a widget view did not render
 WIDGET_FAILURES = ("Error displaying widget", "model not found", "Loading widget...",
                    "Failed to load model class", "Error creating view")
@@ -67,8 +74,11 @@ def free_port() -> int:
 class LabServer:
     """A JupyterLab server process serving ``root`` (started by :meth:`start`)."""
 
-    def __init__(self, root: Path, home: Path, env: dict[str, str]):
+    def __init__(self, root: Path, home: Path, env: dict[str, str],
+                 overrides: Path | None = PROJECT_OVERRIDES):
         self.root, self.home = root, home
+        self.overrides = overrides
+        self.app_settings_dir = home / "app-settings"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "jupyterlab.log"
@@ -88,7 +98,8 @@ class LabServer:
                "--ServerApp.password=", f"--ServerApp.root_dir={self.root}",
                "--LabApp.news_url=None",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               "--LabApp.expose_app_in_browser=True"]
+               "--LabApp.expose_app_in_browser=True",
+               f"--LabApp.app_settings_dir={self.app_settings_dir}"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")
         return cmd
@@ -101,8 +112,17 @@ class LabServer:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(values), encoding="utf-8")
 
+    def install_overrides(self) -> None:
+        """What ``make lab`` does: the project's overrides file into ``overrides.d/`` of
+        the app settings dir (the command line points JupyterLab at it)."""
+        target = self.app_settings_dir / "overrides.d"
+        target.mkdir(parents=True, exist_ok=True)
+        if self.overrides is not None:
+            shutil.copyfile(self.overrides, target / OVERRIDES_NAME)
+
     def start(self, timeout: float = 120) -> "LabServer":
         self.write_settings()
+        self.install_overrides()
         with open(self.log_path, "w", encoding="utf-8") as log:
             # its own process group: stopping it also stops the kernels it started
             self.process = subprocess.Popen(self.command(), env=self.env, cwd=self.root,
@@ -197,7 +217,66 @@ _JS_EXECUTE = f"""async (code) => {{
 }}"""
 
 
+_JS_FILE_BROWSER = """async () => {
+  const app = window.jupyterapp;
+  app.shell.activateById('filebrowser');
+  const panel = document.getElementById('filebrowser');
+  return !!(panel && panel.getBoundingClientRect().width > 100);
+}"""
+_JS_SAVE = f"""async () => {{
+  const app = window.jupyterapp;
+  const nb = {_JS_NOTEBOOK};
+  app.shell.activateById(nb.id);
+  await nb.context.save();
+  return !nb.context.model.dirty;
+}}"""
+_JS_SHUTDOWN = f"""async () => {{
+  const nb = window.jupyterapp && {_JS_NOTEBOOK};
+  if (nb && nb.sessionContext) await nb.sessionContext.shutdown();
+}}"""
+
+# Widget text cut off by its own box: every element of a widget view with text of its
+# own that hides what overflows (the labels, buttons and toggle buttons of ipywidgets
+# do, with an ellipsis), whose text is wider than the box; and drop-downs whose chosen
+# option is wider than the box minus its arrow. Returns 'text' (class) per offender.
+_JS_TRUNCATED = """(root) => {
+  const scope = root || document;
+  const found = [];
+  const name = el => `'${el.textContent.trim().slice(0, 60)}' (${el.tagName.toLowerCase()}`
+                     + `.${[...el.classList].join('.')})`;
+  const shown = el => el.getClientRects().length > 0;
+  const canvas = document.createElement('canvas').getContext('2d');
+  const inViews = '.jp-OutputArea-output .jupyter-widgets';
+  const els = [...scope.querySelectorAll(`${inViews}, ${inViews} *`)];
+  if (root && root.matches && root.matches('.jupyter-widgets')) els.push(root);
+  for (const el of els) {
+    if (!shown(el)) continue;
+    if (el.tagName === 'SELECT') {
+      const opt = el.options[el.selectedIndex];
+      if (!opt) continue;
+      const cs = getComputedStyle(el);
+      canvas.font = cs.font;
+      const room = el.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+      if (canvas.measureText(opt.text).width > room + 1)
+        found.push(`'${opt.text}' (select: ${el.clientWidth}px)`);
+      continue;
+    }
+    const ownText = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (!ownText) continue;
+    const cs = getComputedStyle(el);
+    const clips = cs.overflowX !== 'visible' || cs.textOverflow === 'ellipsis';
+    if (clips && el.scrollWidth > el.clientWidth + 1)
+      found.push(`${name(el)}: ${el.scrollWidth}px of text in ${el.clientWidth}px)`);
+  }
+  return [...new Set(found)];
+}"""
+
+
 class KernelCodeError(AssertionError):
+    pass
+
+
+class TruncatedLabels(AssertionError):
     pass
 
 
@@ -220,9 +299,29 @@ class LabPage:
 
     # ------------------------------------------------------------- notebooks --
     def open(self, path: str, timeout: float = 120) -> None:
-        """Open ``path`` (relative to the server root) and wait for an idle kernel."""
-        self.page.goto(f"{self.server.url}/lab/tree/{path}")
+        """Open ``path`` (relative to the server root) in a fresh workspace (``?reset``:
+        no layout restored from an earlier page) with the file browser open, as a user
+        has it, and wait for an idle kernel."""
+        self.page.goto(f"{self.server.url}/lab/tree/{path}?reset")
+        self.wait_notebook(timeout)
+
+    def wait_notebook(self, timeout: float = 120) -> None:
+        """Wait for the notebook and an idle kernel; open the file browser beside it."""
         self.page.wait_for_function(_JS_KERNEL_READY, timeout=timeout * 1000, polling=250)
+        assert self.page.evaluate(_JS_FILE_BROWSER), "the file browser did not open"
+
+    def save(self) -> None:
+        """Save the notebook (File > Save: the widget manager adds its state if set to)."""
+        assert self.page.evaluate(_JS_SAVE), "the notebook is still unsaved"
+
+    def shutdown_kernel(self) -> None:
+        self.page.evaluate(_JS_SHUTDOWN)
+
+    def reopen(self, path: str, timeout: float = 120) -> None:
+        """Shut the kernel down and load the page again: the notebook opens from its
+        file, with a new kernel that holds none of the widgets the file shows."""
+        self.shutdown_kernel()
+        self.open(path, timeout)
 
     def run_all(self, timeout: float = 300) -> dict:
         """Run all cells; return when every code cell ran or one failed (kernel idle)."""
@@ -315,11 +414,23 @@ class LabPage:
         self.page.mouse.up()
 
     # ------------------------------------------------------------- evidence --
+    def truncated(self, locator=None) -> list[str]:
+        """Widget labels, buttons and drop-downs whose text is cut off (within
+        ``locator``, or in every widget view of the page)."""
+        root = locator.element_handle() if locator is not None else None
+        return self.page.evaluate(_JS_TRUNCATED, root)
+
     def screenshot(self, name: str, locator=None) -> Path:
+        """Save a screenshot to the artifacts; fail (after saving it) naming every
+        widget label it shows cut off."""
         path = self.artifacts / f"{name}.png"
         if locator is not None:
             locator.scroll_into_view_if_needed()
             locator.screenshot(path=str(path))
         else:
             self.page.screenshot(path=str(path))
+        cut = self.truncated(locator)
+        if cut:
+            raise TruncatedLabels(f"{path.name} shows cut-off widget text:\n  "
+                                  + "\n  ".join(cut))
         return path

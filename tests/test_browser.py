@@ -1,9 +1,16 @@
 """The suite in a real browser: JupyterLab and the widgets in headless Chromium.
 
 JupyterLab serves throw-away copies of the notebooks (parameters shrunk to the 64 px
-tiny model, as in ``test_notebooks.py``) and Playwright drives Debian's Chromium. Each
-test fails on any uncaught JavaScript error, console error or widget error, and leaves
-screenshots in ``test-artifacts/browser/`` (the path is printed at the end of the run).
+tiny model, as in ``test_notebooks.py``) under ``make lab``'s settings overrides, and
+Playwright drives Debian's Chromium in a 1400x900 window with the file browser open.
+Each test fails on any uncaught JavaScript error, console error or widget error, and
+leaves screenshots in ``test-artifacts/browser/`` (the path is printed at the end of the
+run); every screenshot is checked for widget labels cut off by their box.
+
+A notebook is run once and its page shared by the tests on it (the ``ran`` fixture,
+parametrised by notebook name: pytest groups the tests by notebook, and one kernel runs
+at a time); a test that changes a widget leaves it changed for the next one on that
+notebook, so the tests on a notebook are written in the order they run.
 
 Without Chromium these tests skip, except in CI (``CI`` set), where they fail: ``.ci/run``
 installs Debian's ``chromium`` package. Set ``E4E_CHROMIUM`` to use another binary.
@@ -11,6 +18,7 @@ installs Debian's ``chromium`` package. Set ``E4E_CHROMIUM`` to use another bina
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -31,6 +39,8 @@ IN_CI = bool(os.environ.get("CI"))
 PANEL_NOTEBOOK = "05_panel"
 PANEL_PARAMETERS = dict(SMALL, num_steps=200, skip_steps=40, feat_range=[2, 150],
                         adain_range=[100, 160], autorun=False)
+SHORT_SKIP = 180  # a finished panel run of 20 denoising steps
+VIEWPORT = {"width": 1400, "height": 900}  # issue 12's window
 
 
 def _unavailable(reason: str):
@@ -99,18 +109,25 @@ def lab_server(tmp_path_factory, _offline_env, models):
     server.stop()
 
 
-@pytest.fixture()
-def lab_page(browser, lab_server, artifacts):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+@pytest.fixture(scope="module")
+def ran(request, browser, lab_server, artifacts):
+    """A page on which the notebook ``request.param`` ran, shared by the tests on it;
+    its kernel is shut down before the next notebook's page opens."""
+    context = browser.new_context(viewport=VIEWPORT)
     lp = LabPage(context.new_page(), lab_server, artifacts)
-    yield lp
-    try:  # one kernel at a time: shut this notebook's down
-        lp.page.evaluate("""async () => {
-          const nb = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-          if (nb && nb.sessionContext) await nb.sessionContext.shutdown();
-        }""")
+    try:
+        run_notebook(lp, request.param)
+        yield lp
     finally:
-        context.close()
+        try:
+            lp.shutdown_kernel()
+        finally:
+            context.close()
+
+
+def on(*names: str):
+    """Run the test on the shared page of each notebook in ``names``."""
+    return pytest.mark.parametrize("ran", names, indirect=True)
 
 
 def run_notebook(lp: LabPage, name: str) -> None:
@@ -126,13 +143,51 @@ def assert_no_console_errors(lp: LabPage) -> None:
         lp.console_errors)
 
 
+# ------------------------------------------------------- the cut-label check --
+
+CUT_PAGE = """<style>
+  .jupyter-button { width: 60px; overflow: hidden; text-overflow: ellipsis;
+                    white-space: nowrap; }
+  .widget-label { width: 40px; overflow: hidden; text-overflow: ellipsis;
+                  white-space: nowrap; display: inline-block; }
+  select { width: 50px; }
+</style>
+<div class="jp-OutputArea-output"><div class="jupyter-widgets">
+  <button class="jupyter-button">Compare selected</button>
+  <button class="jupyter-button">Run</button>
+  <label class="widget-label">heat opacity</label>
+  <label class="widget-label">seed</label>
+  <select><option>a rather long option</option></select>
+  <select style="width: 300px"><option>short</option></select>
+  <button class="jupyter-button" style="display: none">Hidden and very long</button>
+</div></div>"""
+
+
+def test_the_cut_label_check_names_what_is_cut(browser, tmp_path):
+    """The check every screenshot runs: it names the button, the label and the drop-down
+    whose text does not fit, and nothing that fits or is hidden (its screenshot goes to a
+    temporary folder, not to the artifacts, which show no cut label)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.set_content(CUT_PAGE)
+        lp = LabPage(page, None, tmp_path)
+        cut = lp.truncated()
+        assert len(cut) == 3, cut
+        for text in ("Compare selected", "heat opacity", "a rather long option"):
+            assert any(text in c for c in cut), (text, cut)
+        with pytest.raises(AssertionError, match="heat opacity"):
+            lp.screenshot("0-cut-label-check")
+    finally:
+        context.close()
+
+
 # ---------------------------------------------------------------- scenario 1 --
 
-@pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_runs_in_jupyterlab(lab_page, name):
+@on(*EXPECTED)
+def test_notebook_runs_in_jupyterlab(ran, request):
     """Run all cells in JupyterLab: no error output, every widget view rendered."""
-    lp = lab_page
-    run_notebook(lp, name)
+    lp, name = ran, request.node.callspec.params["ran"]
     problems = lp.widget_problems()
     assert not problems, problems
     assert lp.page.get_by_text(BANNER).count() >= 1, "the tiny-model banner is not shown"
@@ -150,9 +205,9 @@ def _page_point(canvas_box: dict, scale: float, x: float, y: float) -> tuple[flo
     return canvas_box["x"] + x * scale, canvas_box["y"] + y * scale
 
 
-def test_box_drawn_and_resized_by_mouse(lab_page):
-    lp = lab_page
-    run_notebook(lp, "02_boxes_and_masks")
+@on("02_boxes_and_masks")
+def test_box_drawn_and_resized_by_mouse(ran):
+    lp = ran
     drawer = lp.page.locator(".e4e-pairboxdrawer .e4e-boxdrawer").nth(1)  # the structure's
     drawer.get_by_role("button", name="Clear box").click()
     lp.wait_kernel("drawer.structure.box is None")
@@ -180,6 +235,37 @@ def test_box_drawn_and_resized_by_mouse(lab_page):
     assert_no_console_errors(lp)
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+@on("02_boxes_and_masks")
+def test_saved_notebook_reopens_with_widget_snapshots(ran, lab_server):
+    """Under ``make lab``'s settings (the server installs lab-settings/overrides.json as
+    the Makefile does) a saved, already-run notebook keeps its widgets: reopened with a
+    new kernel, which holds none of them, every widget output shows its snapshot, not
+    'Error displaying widget: model not found'."""
+    lp, path = ran, "notebooks/02_boxes_and_masks.ipynb"
+    expected = lp.widget_views().count()
+    assert expected >= 2, "the notebook shows no widgets to save"
+    lp.save()
+    saved = json.loads((lab_server.root / path).read_text(encoding="utf-8"))
+    state = saved["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    assert state, "the saved notebook holds no widget state (is saveState on?)"
+
+    lp.reopen(path)
+    deadline = time.monotonic() + 60
+    while (problems := lp.widget_problems()) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the views render one by one from the saved state
+    assert not problems, problems
+    assert lp.widget_views().count() == expected
+    assert lp.kernel_json("'drawer' in globals()") is False, "not a new kernel"
+    drawer = lp.page.locator(".e4e-pairboxdrawer").first
+    assert drawer.is_visible()
+    assert "Clear box" in drawer.inner_text()
+    lp.screenshot("2-reopened")
+    assert_no_console_errors(lp)
+
+
 # ---------------------------------------------------------------- scenario 3 --
 
 MATCH_CHECK = """
@@ -198,9 +284,9 @@ _index, _ = nearest_neighbors(_ft.reshape(_c, -1).T, _fr.reshape(_c, -1).T,
 """
 
 
-def test_correspondence_click_matches_nearest_neighbors(lab_page):
-    lp = lab_page
-    run_notebook(lp, "03_correspondence_explorer")
+@on("03_correspondence_explorer")
+def test_correspondence_click_matches_nearest_neighbors(ran):
+    lp = ran
     explorer = lp.page.locator(".e4e-correspondenceexplorer").first
     target, ref = explorer.locator(".e4e-canvas").nth(0), explorer.locator(".e4e-canvas").nth(1)
     # a target cell inside the mask, away from the one selected in the notebook
@@ -229,6 +315,79 @@ def test_correspondence_click_matches_nearest_neighbors(lab_page):
     assert_no_console_errors(lp)
 
 
+# --------------------------------------------------------- attention viewer --
+
+_JS_TOP_ELEMENT = """([x, y, canvas]) => {
+  const el = document.elementFromPoint(x, y);
+  return canvas.contains(el) ? '' : `${el.tagName.toLowerCase()}.${[...el.classList].join('.')}`;
+}"""
+
+
+def _dropdown(container, label: str):
+    """The <select> of the Dropdown described by ``label``."""
+    return container.locator(".widget-dropdown").filter(
+        has=container.page.locator("label", has_text=re.compile(f"^{label}$"))).locator("select")
+
+
+def _options(select) -> list[str]:
+    return select.locator("option").all_inner_texts()
+
+
+def _option_named(select, part: str) -> str:
+    """The text of ``select``'s one option that contains ``part``."""
+    texts = [t for t in _options(select) if part in t]
+    assert len(texts) == 1, (part, _options(select))
+    return texts[0]
+
+
+@on("04_attention_and_injection")
+def test_attention_viewer_clicks_every_quarter_and_offers_its_menus(ran):
+    """In a 1400x900 window with the file browser open, the query image is shown whole
+    and on top: a real click in each quarter of it moves the query there; the layer and
+    step menus offer what the notebook recorded, the branch menu what its text names."""
+    lp = ran
+    viewer = lp.page.locator(".e4e-attentionviewer").first
+    query = viewer.locator(".e4e-canvas").first
+    query.scroll_into_view_if_needed()
+    assert lp.page.locator("#filebrowser").is_visible()
+    w, h = lp.kernel_json("list(viewer.size)")
+    scale = lp.kernel_json("viewer.query_view.scale")
+    box = query.bounding_box()
+    assert box["width"] == pytest.approx(w * scale, abs=1), f"query image squeezed: {box}"
+    lp.screenshot("4-attention-viewer", viewer)
+
+    handle = query.element_handle()
+    quarters = [(fx * w, fy * h) for fy in (0.25, 0.75) for fx in (0.25, 0.75)]
+    covered = {xy: lp.page.evaluate(_JS_TOP_ELEMENT, [*_page_point(box, scale, *xy), handle])
+               for xy in quarters}
+    covered = {xy: el for xy, el in covered.items() if el}
+    assert not covered, f"parts of the query image lie under other elements: {covered}"
+    for x, y in quarters:
+        lp.page.mouse.click(*_page_point(query.bounding_box(), scale, x, y))
+        got = lp.wait_kernel(f"viewer.query and abs(viewer.query[0] - {x}) <= 1 and "
+                             f"abs(viewer.query[1] - {y}) <= 1 and list(viewer.query)", timeout=30)
+        assert got == pytest.approx([x, y], abs=1)
+        lp.page.wait_for_function(  # the status line says where the query went
+            "([el, text]) => el.innerText.includes(text)",
+            arg=[viewer.element_handle(), f"query pixel x={got[0]:.0f}, y={got[1]:.0f}"],
+            timeout=30_000)
+
+    layers, steps = lp.kernel_json("[len(layers), steps]")
+    assert len(_options(_dropdown(viewer, "layer"))) == layers >= 2
+    step = _dropdown(viewer, "step")
+    assert [int(t) for t in _options(step)] == steps and len(steps) >= 2
+    assert "mean" in _options(_dropdown(viewer, "head"))
+    assert set(_options(_dropdown(viewer, "branch"))) >= {"output", "plain", "appearance",
+                                                         "structure"}
+    other = next(s for s in steps if s != lp.kernel_json("viewer.step.value"))
+    step.select_option(str(other))
+    lp.wait_kernel(f"viewer.step.value == {other}", timeout=30)
+    lp.page.wait_for_function("([el, text]) => el.innerText.includes(text)",
+                              arg=[viewer.element_handle(), f"step {other},"], timeout=30_000)
+    lp.screenshot("4-attention-clicked", viewer)
+    assert_no_console_errors(lp)
+
+
 # ---------------------------------------------------------------- scenario 4 --
 
 def _progress(panel) -> float:
@@ -238,9 +397,9 @@ def _progress(panel) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_panel_run_stop_run(lab_page):
-    lp = lab_page
-    run_notebook(lp, PANEL_NOTEBOOK)
+@on(PANEL_NOTEBOOK)
+def test_panel_run_stop_run(ran):
+    lp = ran
     panel = lp.page.locator(".e4e-transferpanel").first
     panel.scroll_into_view_if_needed()
     panel.get_by_role("button", name="v", exact=True).click()
@@ -272,6 +431,8 @@ def test_panel_run_stop_run(lab_page):
     assert time.monotonic() - t0 < 10, "the kernel did not answer promptly after Stop"
     assert "stopped before step" in panel.inner_text()
 
+    # the run after Stop need not be long: 20 of the 200 steps (the inversion is cached)
+    lp.kernel(f"panel.set(skip_steps={SHORT_SKIP})")
     panel.get_by_role("button", name="Run").click()
     state = lp.wait_kernel("panel.state if panel.state in ('done', 'failed') and "
                            "panel.runs >= 1 else ''", timeout=300)
@@ -284,4 +445,211 @@ def test_panel_run_stop_run(lab_page):
                               arg=panel.locator("img.e4e-result").element_handle(),
                               timeout=30_000)
     lp.screenshot("4-panel-done", panel)
+    assert_no_console_errors(lp)
+
+
+def _slider(container, label: str):
+    """The slider (``.widget-slider``) described by ``label``."""
+    return container.locator(".widget-slider").filter(
+        has=container.page.locator("label", has_text=re.compile(f"^{label}$")))
+
+
+def _drag_handle(lp: LabPage, slider, dx: float) -> None:
+    handle = slider.locator(".noUi-handle").first
+    b = handle.bounding_box()
+    x, y = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
+    lp.drag((x, y), (x + dx, y), steps=6)
+
+
+def _wait_done(lp: LabPage, panel, runs: int) -> None:
+    state = lp.wait_kernel(f"panel.state if panel.state in ('done', 'failed') and "
+                           f"panel.runs >= {runs} else ''", timeout=300)
+    assert state == "done", lp.kernel_json("repr(panel.error)")
+
+
+@on(PANEL_NOTEBOOK)
+def test_panel_stop_marks_the_strip_stale_and_cross_image_disables_its_controls(ran):
+    """After a finished run, a stopped one leaves the strip of the finished run on show,
+    dimmed under a note that says it is the previous run's; in cross-image mode the
+    guidance slider, the AdaIN range and the matching are disabled (a drag moves
+    nothing) with a note saying what the mode uses instead, and enabled again after."""
+    lp = ran
+    panel = lp.page.locator(".e4e-transferpanel").first
+    result = panel.locator("img.e4e-result")
+    note = panel.locator(".widget-html").filter(has_text="showing the previous run")
+    if lp.kernel_json("panel.result is None"):  # run alone: first a finished run
+        lp.kernel(f"panel.set(skip_steps={SHORT_SKIP})")
+        panel.get_by_role("button", name="Run").click()
+        _wait_done(lp, panel, 1)
+    runs = lp.kernel_json("panel.runs")
+    lp.page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                              arg=result.element_handle(), timeout=30_000)
+    result.scroll_into_view_if_needed()
+    finished = result.screenshot()
+    assert not note.is_visible()
+
+    lp.kernel(f"panel.set(skip_steps={PANEL_PARAMETERS['skip_steps']})")  # a long run
+    panel.get_by_role("button", name="Run").click()
+    lp.wait_kernel("panel.state == 'running' and 0 < panel.steps_done", timeout=120)
+    panel.get_by_role("button", name="Stop").click()
+    assert lp.wait_kernel("panel.state in ('cancelled', 'done') and panel.state",
+                          timeout=60) == "cancelled"
+    note.wait_for(state="visible", timeout=30_000)
+    assert f"stopped - showing the previous run (run {runs}), not this one" in note.inner_text()
+    lp.page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                              arg=result.element_handle(), timeout=30_000)
+    assert result.screenshot() != finished, "the previous run's strip is not dimmed"
+    assert lp.kernel_json("panel.runs") == runs
+    lp.screenshot("4-panel-stale", panel)
+
+    panel.get_by_role("button", name="cross-image", exact=True).click()
+    lp.wait_kernel("panel.injection.value == 'cross-image'")
+    ignored = {"guidance": _slider(panel, "guidance"), "AdaIN range": _slider(panel, "AdaIN range")}
+    mode_note = panel.get_by_text("cross-image uses its own guidance schedule")
+    mode_note.wait_for(state="visible", timeout=30_000)
+    before = lp.kernel_json("[panel.guidance.value, list(panel.adain_range.value)]")
+    for label, slider in ignored.items():
+        slider.scroll_into_view_if_needed()
+        assert slider.locator(".noUi-target[disabled]").count() == 1, f"{label} is enabled"
+        _drag_handle(lp, slider, 80)
+    matching = panel.locator(".widget-toggle-buttons").filter(has_text="DIFT field")
+    assert matching.locator("button:disabled").count() == matching.locator("button").count() >= 2
+    lp.screenshot("4-panel-cross-image", panel)
+    assert lp.kernel_json("[panel.guidance.value, list(panel.adain_range.value)]") == before
+
+    panel.get_by_role("button", name="v", exact=True).click()
+    lp.wait_kernel("panel.injection.value == 'v'")
+    mode_note.wait_for(state="hidden", timeout=30_000)
+    for label, slider in ignored.items():
+        assert slider.locator(".noUi-target[disabled]").count() == 0, f"{label} stays disabled"
+    _drag_handle(lp, ignored["guidance"], 60)
+    lp.wait_kernel(f"panel.guidance.value != {before[0]}", timeout=30)
+    assert_no_console_errors(lp)
+
+
+# ------------------------------------------------------------------- upload --
+
+def _choose_file(lp: LabPage, button, path: Path) -> None:
+    """Click ``button`` and answer the browser's file chooser with ``path``."""
+    with lp.page.expect_file_chooser(timeout=30_000) as chooser:
+        button.click()
+    chooser.value.set_files(str(path))
+
+
+def _stable(text: str) -> str:
+    """``text`` on one line, with object addresses (``0x7f...``) blanked."""
+    return re.sub(r"0x[0-9a-f]+", "0x?", " ".join(text.split()))
+
+
+@on(PANEL_NOTEBOOK)
+def test_upload_replaces_an_image_and_refuses_a_text_file(ran, tmp_path):
+    """The transfer panel's structure Upload, through the browser's file chooser: an
+    image is taken (the panel runs on it, the thumbnail shows it); a text file is
+    refused with the library's own message, shown, and the image in use stays."""
+    from e4e_lab.errors import ImageError
+    from e4e_lab.method.images import load_image
+
+    lp = ran
+    panel = lp.page.locator(".e4e-transferpanel").first
+    source = panel.locator(".e4e-imagesource").nth(1)  # appearance, then structure
+    upload = source.get_by_role("button", name="Upload")
+    thumb = source.locator("img").first
+    source.scroll_into_view_if_needed()
+    old_thumb = thumb.screenshot()
+    assert lp.kernel_json("panel.pair.structure.name") != "bird_structure.png"
+
+    _choose_file(lp, upload, ROOT / "example" / "toy" / "bird_structure.png")
+    lp.wait_kernel("panel.pair.structure.name == 'bird_structure.png'", timeout=60)
+    status = source.get_by_text("loaded bird_structure.png")
+    status.wait_for(state="visible", timeout=30_000)
+    assert panel.get_by_text("new structure image 'bird_structure.png'").is_visible()
+    lp.page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                              arg=thumb.element_handle(), timeout=30_000)
+    assert thumb.screenshot() != old_thumb, "the thumbnail still shows the old image"
+    lp.screenshot("5-upload-image", source)
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("a text file, not an image\n")
+    with pytest.raises(ImageError) as refused:
+        load_image(text_file.read_bytes(), (128, 128), name="notes.txt")
+    message = " ".join(str(refused.value).split())
+    _choose_file(lp, upload, text_file)
+    shown = source.locator(".widget-html").filter(has_text="notes.txt")
+    shown.wait_for(state="visible", timeout=30_000)
+    assert _stable(shown.inner_text()) == _stable(message)  # (an object's address differs)
+    assert shown.locator("span").evaluate("el => getComputedStyle(el).color") == \
+        "rgb(176, 0, 32)", "the error is not shown in the error colour"
+    assert lp.kernel_json("panel.pair.structure.name") == "bird_structure.png"
+    lp.screenshot("5-upload-refused", source)
+    assert_no_console_errors(lp)
+
+
+# -------------------------------------------------------------------- sweep --
+
+_JS_INK = """([img, boxes]) => {
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  return boxes.map(([x0, y0, x1, y1]) => {
+    const d = ctx.getImageData(x0, y0, x1 - x0, y1 - y0).data;
+    let dark = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 240) dark++;
+    return dark;
+  });
+}"""
+
+SHEET_LABELS = """
+from e4e_lab.analysis.sweep import sheet_layout as _sheet_layout
+_lay = _sheet_layout(sweep.result, sweep.cell)
+_boxes = []
+for _c, _t in enumerate(_lay.column_labels):  # a text line over each column
+    _x0, _y0, _x1, _ = _lay.cell_box(0, _c)
+    _boxes.append([_x0, _y0 - 16, _x1, _y0])
+for _r, _t in enumerate(_lay.row_labels):  # left of each row, around its middle
+    _x0, _y0, _, _y1 = _lay.cell_box(_r, 0)
+    _boxes.append([0, _y0, _x0, _y1])
+"""
+
+
+@on(PANEL_NOTEBOOK)
+def test_sweep_from_the_browser_shows_a_contact_sheet_with_its_values(ran):
+    """Pick two axes and their values in the sweep panel, press Run: the grid runs in the
+    background and the contact sheet on show is the panel's, 2 x 2 cells with each
+    axis's values written over the columns and down the rows."""
+    lp = ran
+    sweep = lp.page.locator(".e4e-sweeppanel").first
+    sweep.scroll_into_view_if_needed()
+    rows, columns = _dropdown(sweep, "rows"), _dropdown(sweep, "columns")
+    values = sweep.locator(".widget-text input")
+    # short runs: the panel notebook denoises 160 steps; skipping 190 or 194 of its 200
+    # leaves 10 and 6
+    rows.select_option(label=_option_named(rows, "(skip_steps)"))
+    values.nth(0).fill("190, 194")
+    values.nth(0).press("Enter")
+    columns.select_option(label=_option_named(columns, "(guidance)"))
+    values.nth(1).fill("1, 3")
+    values.nth(1).press("Enter")
+    lp.wait_kernel("[a.field for a in sweep.axes()] == ['skip_steps', 'guidance'] and "
+                   "[a.labels() for a in sweep.axes()] == [['190', '194'], ['1', '3']]", timeout=30)
+    sweep.get_by_role("button", name="Run").click()
+    state = lp.wait_kernel("sweep.state if sweep.state in ('done', 'failed', 'cancelled') "
+                           "else ''", timeout=300)
+    assert state == "done", lp.kernel_json("repr(sweep.error)")
+    sweep.get_by_text("done: 4 cells").wait_for(state="visible", timeout=30_000)
+
+    image = sweep.locator("img").last
+    shape = lp.kernel_json("list(sweep.sheet.shape[:2])")
+    lp.page.wait_for_function(  # the sheet on show is the finished one
+        "([img, h, w]) => img.complete && img.naturalHeight === h && img.naturalWidth === w",
+        arg=[image.element_handle(), *shape], timeout=30_000)
+    assert image.bounding_box()["width"] == pytest.approx(shape[1], abs=1), \
+        "the contact sheet is shown stretched"
+    lp.kernel(SHEET_LABELS)
+    labels = lp.kernel_json("[_lay.column_labels, _lay.row_labels, _lay.title]")
+    assert labels[:2] == [["1", "3"], ["190", "194"]]
+    assert "skip_steps" in labels[2] and "guidance" in labels[2]
+    ink = lp.page.evaluate(_JS_INK, [image.element_handle(), lp.kernel_json("_boxes")])
+    assert all(n >= 5 for n in ink), f"an axis label is not drawn (dark pixels {ink})"
+    lp.screenshot("5-sweep", sweep)
     assert_no_console_errors(lp)

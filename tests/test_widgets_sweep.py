@@ -47,6 +47,7 @@ def test_the_panel_runs_the_grid_and_shows_its_contact_sheet(shared_lab, pair, f
         assert torch.equal(a, b)
     assert np.array_equal(panel.sheet, np.asarray(contact_sheet(result, 48)))
     assert panel.image.layout.display is None and panel.image.value
+    assert panel.image.layout.width == f"{panel.sheet.shape[1]}px"  # not stretched
     assert panel.progress.value == panel.progress.max == 4 * fast_config.denoising_steps
     assert "done: 4 cells" in panel.status.value and panel.progress.bar_style == "success"
     serialize_all(panel.widget)

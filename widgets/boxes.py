@@ -33,7 +33,7 @@ from e4e_lab.method.images import LoadedImage
 
 from . import render
 from .canvas import ImageCanvas, hold_canvas
-from .common import LabWidget, status_html
+from .common import LabWidget, fit_content, status_html
 from .image_source import ImageSource
 
 BOX_COLOR = (255, 200, 0)
@@ -81,8 +81,7 @@ class BoxDrawer(LabWidget, traitlets.HasTraits):
                                ("up", self.on_mouse_up), ("out", self.on_mouse_out)):
             self.view.on(event, handler)
         self.coords = W.HTML()
-        self.clear_button = W.Button(description="Clear box", icon="times",
-                                     layout=W.Layout(width="110px"))
+        self.clear_button = fit_content(W.Button(description="Clear box", icon="times"))
         self.clear_button.on_click(lambda _: self.clear())
         self._title = title or image.name
         self.title = W.HTML(self._title_html())

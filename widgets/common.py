@@ -128,6 +128,16 @@ def set_image(widget: W.Image, image: np.ndarray, width: int | None = None) -> N
     widget.layout.display = None
 
 
+def fit_content(*controls):
+    """Size buttons and uploads to their own text: ipywidgets gives them a fixed width
+    that cuts a longer label to '...', and a crowded row squeezes them further. Returns
+    the first control (for use inline)."""
+    for control in controls:
+        control.layout.width = "max-content"
+        control.layout.flex = "0 0 auto"
+    return controls[0]
+
+
 def captioned(widget, caption: str) -> W.VBox:
     return W.VBox([W.HTML(f"<b>{html.escape(caption)}</b>"), widget])
 

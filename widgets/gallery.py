@@ -16,7 +16,7 @@ from e4e_lab.io.outputs import safe_name, save_run
 from e4e_lab.io.saved_runs import SavedRun, copy_run, find_runs, read_run
 
 from . import render
-from .common import LabWidget, captioned, image_widget, status_html
+from .common import LabWidget, captioned, fit_content, image_widget, status_html
 from .run_labels import effective_params, run_summary
 from .transfer_panel import CONTROLLED
 
@@ -70,6 +70,8 @@ class RunGallery(LabWidget):
         self.delete_button = W.Button(description="Delete selected", icon="trash")
         self.reload_button = W.Button(description="Reload saved", icon="folder-open",
                                       tooltip="read back the runs saved in the export folder")
+        fit_content(self.compare_button, self.export_button, self.delete_button,
+                    self.reload_button)
         self.compare_button.on_click(lambda _: self.compare())
         self.export_button.on_click(lambda _: self.export_selected())
         self.delete_button.on_click(lambda _: self.delete())

@@ -22,7 +22,7 @@ from e4e_lab.errors import E4ELabError
 from e4e_lab.method.images import LoadedImage, load_image
 
 from . import render
-from .common import LabWidget, image_widget, set_image, status_html
+from .common import LabWidget, fit_content, image_widget, set_image, status_html
 
 
 class ImageSource(LabWidget):
@@ -44,8 +44,8 @@ class ImageSource(LabWidget):
                            layout=W.Layout(width="340px"),
                            style={"description_width": "auto"})
         self.load_button = W.Button(description="Load", icon="folder-open",
-                                    tooltip=f"load the {label} image at this path",
-                                    layout=W.Layout(width="80px"))
+                                    tooltip=f"load the {label} image at this path")
+        fit_content(self.upload, self.load_button)  # 'Upload (1)' fits too
         self.status = W.HTML()
         self.thumb = image_widget(width=thumb) if thumb else None
         self.thumb_size = thumb

@@ -175,3 +175,6 @@ class SweepPanel(BackgroundRun, LabWidget):
         """Show ``result``'s contact sheet (cells not run yet in grey)."""
         self.sheet = np.asarray(contact_sheet(result, self.cell))
         set_image(self.image, self.sheet)
+        # at its own size: in the panel's column an image without a width is stretched
+        # to the column's (about 3x in a notebook, blurring the axis labels)
+        self.image.layout.width = f"{self.sheet.shape[1]}px"
