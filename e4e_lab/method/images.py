@@ -108,9 +108,10 @@ def _decode(fp, name: str) -> Image.Image:
         raise ImageError(f"image '{name}' declares absurdly large dimensions ({exc}); "
                          f"refused before decoding (limit {MAX_PIXELS / 1e6:.0f} MP): "
                          "downscale it first") from None
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"image '{name}' cannot be read as an image ({exc}); "
-                         "give a PNG, JPEG, WebP or other format Pillow reads") from None
+    except UnidentifiedImageError:  # Pillow's text names its buffer object: not useful
+        raise ImageError(f"image '{name}' cannot be read as an image (its bytes are in no "
+                         "format Pillow knows); give a PNG, JPEG, WebP or other format "
+                         "Pillow reads") from None
     except OSError as exc:
         raise ImageError(f"image '{name}' cannot be opened: {exc}") from None
     _check_dimensions(img.size, name)
