@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
-from e4e_lab.analysis.grids import short_layer_name
 from e4e_lab.method.latents import decode
 
 from . import render
@@ -49,23 +48,23 @@ def unet_diagram(umap, lab=None):
     self-attention layers marked; the VAE and the text encoder at its sides."""
     blocks = umap.blocks
     downs = [b for b in blocks if b.side == "down"]
-    fig, ax = plt.subplots(figsize=(13, 5.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(13, 5.0), layout="constrained")
     depth = {b.name: k for k, b in enumerate(downs)}
     pos = {}
     for k, b in enumerate(blocks):
         level = depth.get(b.name, len(downs) - 1 if b.side == "mid" else
                           len(downs) - 1 - int(b.name.split(".")[1]))
-        pos[b.name] = (k * 1.35, -level * 1.25 - (0.6 if b.side == "mid" else 0))
+        pos[b.name] = (k * 1.5, -level * 1.3 - (0.6 if b.side == "mid" else 0))
     for b in blocks:
         x, y = pos[b.name]
         color = COLORS["match"] if b.injected else "#cfe2f3" if b.self_attention else "#eeeeee"
-        ax.add_patch(Rectangle((x - 0.6, y - 0.5), 1.2, 1.0, facecolor=color,
+        ax.add_patch(Rectangle((x - 0.65, y - 0.55), 1.3, 1.1, facecolor=color,
                                edgecolor="black", lw=1))
-        lines = [b.name.replace("_blocks.", " "), f"{b.grid[0]}x{b.grid[1]}, {b.channels} ch",
+        lines = [b.name.replace("_blocks.", " ").replace("_block", ""),
+                 f"{b.grid[0]}x{b.grid[1]}, {b.channels} ch",
                  f"{len(b.self_attention)} self-attn" if b.self_attention else "no attention"]
         if b.injected:
-            lines.append("injected: " + ", ".join(short_layer_name(n).split(".")[1]
-                                                  for n in b.injected))
+            lines.append(f"{len(b.injected)} injected")
         ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=FONT - 1)
     names = [b.name for b in blocks]
     for a, b in zip(names, names[1:]):
@@ -75,12 +74,12 @@ def unet_diagram(umap, lab=None):
         up = f"up_blocks.{len(downs) - 1 - k}"
         if up in pos:
             (x0, y0), (x1, y1) = pos[d.name], pos[up]
-            ax.annotate("", (x1 - 0.62, y1 + 0.3), (x0 + 0.62, y0 + 0.3),
+            ax.annotate("", (x1 - 0.67, y1 + 0.3), (x0 + 0.67, y0 + 0.3),
                         arrowprops=dict(arrowstyle="->", ls="--", color="grey"))
     _unet_ends(ax, umap, pos, names)
     xs = [p[0] for p in pos.values()]
-    ax.set_xlim(min(xs) - 2.6, max(xs) + 2.6)
-    ax.set_ylim(min(p[1] for p in pos.values()) - 1.6, 1.2)
+    ax.set_xlim(min(xs) - 3.0, max(xs) + 3.0)
+    ax.set_ylim(min(p[1] for p in pos.values()) - 0.8, 1.3)
     ax.axis("off")
     ax.legend(handles=[Patch(facecolor=COLORS["match"], edgecolor="black",
                              label="block with injected self-attention layers"),
@@ -102,13 +101,13 @@ def _unet_ends(ax, umap, pos, names) -> None:
     (x0, y0), (x1, y1) = pos[names[0]], pos[names[-1]]
     w, h = umap.image_size
     lat = f"{umap.latent_grid[0]}x{umap.latent_grid[1]}x{umap.latent_channels}"
-    for x, y, text in ((x0 - 1.9, y0, f"VAE encoder\n{w}x{h} image\n-> latent {lat}"),
-                       (x1 + 1.9, y1, f"VAE decoder\nlatent {lat}\n-> {w}x{h} image")):
-        ax.add_patch(Rectangle((x - 0.65, y - 0.5), 1.3, 1.0, facecolor="#d9ead3",
+    for x, y, text in ((x0 - 2.1, y0, f"VAE encoder\n{w}x{h} image\n-> latent {lat}"),
+                       (x1 + 2.1, y1, f"VAE decoder\nlatent {lat}\n-> {w}x{h} image")):
+        ax.add_patch(Rectangle((x - 0.8, y - 0.55), 1.6, 1.1, facecolor="#d9ead3",
                                edgecolor="black"))
         ax.text(x, y, text, ha="center", va="center", fontsize=FONT - 1)
-    ax.annotate("", (x0 - 0.62, y0), (x0 - 1.25, y0), arrowprops=dict(arrowstyle="->"))
-    ax.annotate("", (x1 + 1.25, y1), (x1 + 0.62, y1), arrowprops=dict(arrowstyle="->"))
+    ax.annotate("", (x0 - 0.67, y0), (x0 - 1.28, y0), arrowprops=dict(arrowstyle="->"))
+    ax.annotate("", (x1 + 1.28, y1), (x1 + 0.67, y1), arrowprops=dict(arrowstyle="->"))
     mid = pos["mid_block"] if "mid_block" in pos else (np.mean([x0, x1]), y0)
     ax.text(mid[0], y0 + 0.85, f"text encoder: prompt -> {umap.text_tokens} tokens x "
             f"{umap.text_width}, read by every cross-attention layer", ha="center",
@@ -214,13 +213,11 @@ def structure_refresh(effect, plan, lab):
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
     ax = top.subplots()
     _shade(ax, plan.steps("match"), COLORS["match"], "matched injection")
-    _shade(ax, plan.steps("adain"), COLORS["adain"], None)
     d = effect.distance.numpy()
     ax.plot(range(len(d)), d, color="black", marker=".", label="output vs structure")
     refresh = plan.steps("refresh")
     ax.plot(refresh, d[refresh], "o", color=COLORS["refresh"], ms=8,
             label="structure refresh step")
-    ax.axvspan(-1, -1, color=COLORS["adain"], alpha=0.15, label="masked AdaIN")
     ax.set_xlim(-0.6, len(d) - 0.4)
     ax.set_xlabel("denoising step i", fontsize=FONT)
     ax.set_ylabel("mean |x0 output - x0 structure|\ninside the target mask", fontsize=FONT)
