@@ -160,12 +160,22 @@ def test_the_checks_pass_on_a_faithful_run_and_fail_on_a_broken_one(captured, sh
     assert str(check_reconstruction(shared_lab.models, noisy, start=6)).startswith("FAIL:")
 
 
-def test_none_check_fails_when_the_images_differ(captured):
+def test_none_check_fails_when_the_images_differ(captured, shared_lab):
     cap, _, _ = captured
     res = cap.result  # an injected run: its image is not the reconstruction
     assert not check_none_reproduces(res, limit=1e-4)
     same = type(res)(**{**res.__dict__, "image": res.structure_recon})
-    assert str(check_none_reproduces(same)).startswith("PASS: 'none'")
+    assert str(check_none_reproduces(same, shared_lab.models)).startswith("PASS: 'none'")
+
+
+def test_tolerances_are_tight_on_a_cpu_in_float32_and_looser_elsewhere(models):
+    from types import SimpleNamespace
+
+    from e4e_lab.analysis.lesson_checks import tolerance
+
+    assert tolerance(models) == 1e-4 and tolerance(models, "image") == 1 / 255
+    gpu = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)
+    assert tolerance(gpu) > 1e-2 and tolerance(gpu, "image") > 1 / 255
 
 
 # ------------------------------------------------------------------ the UNet map --

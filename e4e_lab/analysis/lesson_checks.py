@@ -1,8 +1,11 @@
 """The walkthrough's sanity checks, each ending in a :class:`Verdict` (PASS or FAIL with
 the measured number and the limit it was held to), never a bare number.
 
-The limits depend on the dtype (:func:`tolerance`): in float32 the checks are identities
-up to rounding; in half precision kernels round differently at another batch size.
+The limits depend on where the model runs (:func:`tolerance`): in float32 on a CPU the
+checks are identities up to rounding (the limits of tests/test_inversion.py and
+tests/test_transfer.py); on a GPU, TF32 and half precision round differently at another
+batch size (about 0.04 in x0 after 20 steps in TF32, tests/test_gpu.py), so the limits
+there are looser and were not measured on SD 1.5.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ def within(claim: str, error: float, limit: float, what: str = "max error") -> V
     return Verdict(claim, ok, f"{what} {error:.1e} {'<=' if ok else '>'} {limit:.0e}")
 
 
-def tolerance(dtype: torch.dtype, kind: str = "latent") -> float:
-    """Largest error accepted for an identity computed in ``dtype`` on latents or on
-    images in [0, 1] (decoded through the VAE, which shrinks latent errors)."""
-    full = dtype in (torch.float32, torch.float64)
-    return {("latent", True): 1e-3, ("image", True): 1e-3,
-            ("latent", False): 5e-2, ("image", False): 2e-2}[(kind, full)]
+def tolerance(models, kind: str = "latent") -> float:
+    """Largest error accepted for an identity computed with ``models``, on latents or on
+    images in [0, 1] (one 8-bit level there)."""
+    exact = models.device.type == "cpu" and models.dtype in (torch.float32, torch.float64)
+    if kind == "image":
+        return 1 / 255 if exact else 0.05
+    return 1e-4 if exact else 0.1
 
 
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,17 +58,18 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_reconstruction(models, inversion: InversionResult, start: int = 0,
                          limit: float | None = None) -> Verdict:
     """Denoising ``xts[start]`` with the stored noise maps gives back x0 (stage 2)."""
-    limit = tolerance(models.dtype) if limit is None else limit
+    limit = tolerance(models) if limit is None else limit
     x0 = reconstruct(models, inversion, start=start)
     return within(f"denoising {inversion.name} from step {start} with its stored noise maps "
                   "gives back its x0", max_error(x0, inversion.x0), limit)
 
 
-def check_none_reproduces(result: TransferResult, limit: float | None = None,
-                          dtype: torch.dtype = torch.float32) -> Verdict:
+def check_none_reproduces(result: TransferResult, models=None,
+                          limit: float | None = None) -> Verdict:
     """A transfer with no injection, no AdaIN and the inversion's guidance lands on the
-    structure's reconstruction (``result`` is that run)."""
-    limit = tolerance(dtype, "image") if limit is None else limit
+    structure's reconstruction (``result`` is that run, made with ``models``)."""
+    if limit is None:
+        limit = tolerance(models, "image") if models is not None else 1 / 255
     return within("'none' (no injection, no AdaIN, the inversion's guidance) reproduces the "
                   "structure reconstruction", max_error(result.image, result.structure_recon),
                   limit)
