@@ -99,7 +99,7 @@ class CapturedTransfer:
     guidance: torch.Tensor  # (n,) the scale each step used (StepEvent.guidance)
     event_injected: torch.Tensor  # (n,) bool, as the StepEvents said
     event_adain: torch.Tensor  # (n,) bool
-    target_mask: torch.Tensor  # (h, w) the target mask's AdaIN statistics cells (0/1)
+    target_mask: torch.Tensor  # (h, w) AdaIN statistics cells (0/1) of the first target region
 
     @property
     def x_before(self) -> torch.Tensor:
@@ -140,7 +140,9 @@ def capture_transfer(lab, pair, config: TransferConfig,
                      callback: Callable[[StepEvent], None] | None = None,
                      **kwargs) -> CapturedTransfer:
     """``lab.transfer`` once, recording the matches of every step (``result.recorder``)
-    and capturing every step; ``callback`` still receives each StepEvent."""
+    and capturing every step; ``callback`` still receives each StepEvent. The capture
+    copies each step's predictions to the CPU (on a GPU, one wait per step: a lesson's
+    run, not a fast one)."""
     events: list[StepEvent] = []
     rows = _OutputRows(len(pair.references))
 
