@@ -111,11 +111,14 @@ def test_notebook_runs_headless(name, kernel_name, tmp_path, _offline_env):
         assert (tmp_path / "gallery" / "run-2" / "strip.png").exists()
         assert images >= 1 and widgets >= 2
     elif name == "06_method_walkthrough":
-        recon = next(line for line in text.splitlines() if "reconstruction error" in line)
-        assert float(recon.rsplit(" ", 1)[1]) < 1e-3
-        check = next(line for line in text.splitlines() if "'none' vs structure" in line)
-        assert float(check.rsplit(" ", 1)[1]) < 1e-2
-        assert images >= 7
+        # every sanity check ends in a verdict, and all of them pass: the inversion's
+        # round trip, the plan, the guidance split, the DDPM terms and 'none'
+        verdicts = [line for line in text.splitlines() if line.startswith(("PASS:", "FAIL:"))]
+        assert len(verdicts) == 5 and all(v.startswith("PASS:") for v in verdicts), verdicts
+        assert "'none' (no injection" in text and "gives back its x0" in text
+        # a picture per stage: models, boxes, masks, inversion, start, plan, matches,
+        # refresh, guidance, DDPM step, AdaIN, film strip, result
+        assert images >= 13
     elif name == "07_multi_object":
         assert "multi-object result (3, 128, 128) from 2 pairs and 2 reference images" in text
         assert "pair 2: target [55, 35, 97, 104] <- bird_appearance.png [70, 11, 102, 88]" in text

@@ -226,19 +226,25 @@ def attention_comparison(results: dict, pair, layer: str, step: int,
 
 
 def adain_before_after(lab, demo, x_mask, ref_mask):
-    """Decoded latents before and after masked AdaIN, and the per-channel statistics."""
+    """Decoded latents before and after masked AdaIN, and the per-channel statistics
+    (labelled axes; the legend below the bars, never over them)."""
     images = decode(lab.models, torch.stack([demo.before, demo.after, demo.ref]))
-    fig, axes = plt.subplots(1, 5, figsize=(13, 3.4), layout="constrained")
+    fig, axes = plt.subplots(1, 5, figsize=(13, 3.8), layout="constrained")
     for ax, im, t in zip(axes[:3], images, ("target before AdaIN", "after AdaIN",
                                             "reference")):
         ax.imshow(render.to_uint8(im))
-        ax.set_title(t, fontsize=8)
+        ax.set_title(t, fontsize=9)
         ax.axis("off")
     ch = np.arange(demo.before.shape[0])
     for ax, which in ((axes[3], 0), (axes[4], 1)):
         for j, (name, st) in enumerate(demo.stats.items()):
             ax.bar(ch + (j - 1) * 0.27, st[which].cpu().numpy(), width=0.27, label=name)
-        ax.set_title("mean per channel" if which == 0 else "std per channel", fontsize=8)
+        stat = "mean" if which == 0 else "standard deviation"
+        ax.set_title(f"{stat} per channel", fontsize=9)
+        ax.set_xlabel("latent channel", fontsize=9)
+        ax.set_ylabel(f"{stat} inside the mask", fontsize=9)
         ax.set_xticks(ch)
-    axes[4].legend(fontsize=6)
+        ax.tick_params(labelsize=8)
+    fig.legend(*axes[3].get_legend_handles_labels(), loc="outside lower right", ncol=3,
+               fontsize=9, frameon=False)
     return _stamp(fig, lab)
