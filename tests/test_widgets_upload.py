@@ -137,13 +137,14 @@ def test_buttons_are_as_wide_as_their_text(shared_lab, pair):
     """The browser showed 'Upload (0)', 'Load', 'Clear box' and 'Compare selected' cut to
     '...' by fixed widths: they are now sized to their text and never squeezed by their
     row (tests/test_browser.py checks every screenshot for cut labels)."""
-    from widgets import RunGallery
+    from widgets import PartExplorer, RunGallery
 
     drawer = BoxDrawer(pair.structure, box=(4, 4, 30, 30), lab=shared_lab)
     gallery = RunGallery(shared_lab)
+    parts = PartExplorer(shared_lab, pair, compute=False)
     buttons = [drawer.source.upload, drawer.source.load_button, drawer.clear_button,
                gallery.compare_button, gallery.export_button, gallery.delete_button,
-               gallery.reload_button]
+               gallery.reload_button, parts.compute_button]
     for button in buttons:
         assert (button.layout.width, button.layout.flex) == ("max-content", "0 0 auto"), \
             button.description

@@ -19,7 +19,7 @@ import ipywidgets as W
 from e4e_lab.errors import E4ELabError, TransferCancelled
 from e4e_lab.progress import quiet
 
-from .common import status_html
+from .common import fit_content, status_html
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,19 @@ class BackgroundRun:
                                     disabled=True)
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
+
+    def _compute_controls(self, description: str) -> None:
+        """The explorers' controls for DIFT features: ``compute_button`` (the run button,
+        labelled ``description`` and sized to it), ``stop_button`` and a ``progress`` bar
+        over the noise draws."""
+        self._run_buttons(description, "cogs", "")
+        self.compute_button = fit_content(self.run_button)
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="draws")
+
+    def _waiting_for_model(self, what: str) -> None:
+        """Say that ``what`` starts, after a transfer holding the model if one runs."""
+        self.status.value = status_html(f"{what}: starting (after the transfer using the "
+                                        "model, if one is running)...")
 
     @property
     def cancel_event(self) -> threading.Event:

@@ -10,8 +10,6 @@ next line call ``compute_dift(block=True)`` or :meth:`wait`.
 
 from __future__ import annotations
 
-import ipywidgets as W
-
 from e4e_lab.analysis.lookup import FeatureLookup
 
 from .background import BackgroundRun
@@ -30,10 +28,7 @@ class DiftComputation(BackgroundRun):
 
     def _dift_controls(self) -> None:
         """``compute_button`` ("Compute features"), ``stop_button`` and the ``progress`` bar."""
-        self._run_buttons("Compute features", "cogs", "")
-        self.compute_button = self.run_button
-        self.compute_button.layout.width = "auto"  # its whole label, never cut short
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="draws")
+        self._compute_controls("Compute features")
 
     def run(self, block: bool = False) -> bool:
         """What the compute button does: :meth:`compute_dift`; False if refused (the
@@ -66,8 +61,7 @@ class DiftComputation(BackgroundRun):
         block, t, ens, prompt, seed = key
         what = f"DIFT features (up-block {block}, t={t}, ensemble {ens}), noise draws"
         p = self.pair
-        self.status.value = status_html(f"{what}: starting (after the transfer using the "
-                                        "model, if one is running)...")
+        self._waiting_for_model(what)
         # waits for the model in this thread: the kernel stays free, Stop ends it
         lookup = self._dift_or_none(lambda: FeatureLookup.from_dift(
             self.lab.models, p.structure, p.appearance, p.structure_mask,

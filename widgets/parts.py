@@ -63,10 +63,7 @@ class PartExplorer(BackgroundRun, LabWidget):
                              continuous_update=False)
         self.opacity = W.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05,
                                      description="opacity", continuous_update=False)
-        self._run_buttons("Find parts", "cogs", "")
-        self.compute_button = self.run_button
-        self.compute_button.layout.width = "auto"  # its whole label, never cut short
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="draws")
+        self._compute_controls("Find parts")
         # a new k re-clusters the features held; while they are being computed, the
         # worker clusters at the slider's k when they arrive
         self.k.observe(lambda _: self._adjusting or self.features is None or self._cluster(),
@@ -119,8 +116,7 @@ class PartExplorer(BackgroundRun, LabWidget):
     def _features_work(self) -> None:
         what = (f"DIFT features of both images (up-block {self.config.dift_block}, "
                 f"t={self.config.dift_timestep}), noise draws")
-        self.status.value = status_html(f"{what}: starting (after the transfer using the "
-                                        "model, if one is running)...")
+        self._waiting_for_model(what)
         # waits for the model in this thread: the kernel stays free, Stop ends it
         features = self._dift_or_none(lambda: pair_features(
             self.lab, self.pair, self.config, self.ensemble, blocking=True,
