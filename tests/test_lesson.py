@@ -150,6 +150,10 @@ def test_the_checks_pass_on_a_faithful_run_and_fail_on_a_broken_one(captured, sh
     # tampered captures fail
     broken = lesson.CapturedTransfer(**{**cap.__dict__, "plain_out": cap.plain_out + 0.1})
     assert not check_guidance_split(broken) and not check_ddpm_pieces(broken)
+    # the limit follows where the capture ran: 1e-4 in float32 on a CPU, looser elsewhere
+    assert cap.exact and str(check_guidance_split(cap)).endswith("<= 1e-04)")
+    gpu_like = dataclasses.replace(cap, exact=False)
+    assert str(check_ddpm_pieces(gpu_like)).endswith("<= 1e-01)")
     shifted = lesson.CapturedTransfer(**{**cap.__dict__, "event_adain": ~cap.event_adain})
     v = check_plan(shifted)
     assert not v and str(v).startswith("FAIL:") and f"{cap.plan.total} of" in str(v)

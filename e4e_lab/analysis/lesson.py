@@ -100,6 +100,7 @@ class CapturedTransfer:
     event_injected: torch.Tensor  # (n,) bool, as the StepEvents said
     event_adain: torch.Tensor  # (n,) bool
     target_mask: torch.Tensor  # (h, w) AdaIN statistics cells (0/1) of the first target region
+    exact: bool  # run in float32/64 on a CPU: the checks' identities hold up to rounding
 
     @property
     def x_before(self) -> torch.Tensor:
@@ -182,7 +183,13 @@ def _assemble(lab, pair, config, result, structure, events, by_step) -> Captured
         guidance=torch.tensor([float(e.guidance) for e in events]),
         event_injected=torch.tensor([bool(e.injected) for e in events]),
         event_adain=torch.tensor([bool(e.adain) for e in events]),
-        target_mask=target_mask.float().cpu())
+        target_mask=target_mask.float().cpu(), exact=is_exact(lab.models))
+
+
+def is_exact(models) -> bool:
+    """Whether ``models`` compute in float32/64 on a CPU, where a recomputed identity
+    differs from the run only by rounding (a GPU's TF32 or half precision differ more)."""
+    return models.device.type == "cpu" and models.dtype in (torch.float32, torch.float64)
 
 
 # ------------------------------------------------------------------ guidance --

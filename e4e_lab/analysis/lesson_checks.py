@@ -18,7 +18,7 @@ import torch
 from ..method import schedule
 from ..method.inversion import InversionResult, reconstruct
 from ..method.transfer import TransferResult
-from .lesson import CapturedTransfer, ddpm_pieces
+from .lesson import CapturedTransfer, ddpm_pieces, is_exact
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,11 @@ def within(claim: str, error: float, limit: float, what: str = "max error") -> V
 def tolerance(models, kind: str = "latent") -> float:
     """Largest error accepted for an identity computed with ``models``, on latents or on
     images in [0, 1] (one 8-bit level there)."""
-    exact = models.device.type == "cpu" and models.dtype in (torch.float32, torch.float64)
+    return limit_for(is_exact(models), kind)
+
+
+def limit_for(exact: bool, kind: str = "latent") -> float:
+    """:func:`tolerance` for a run that was (or was not) :func:`~.lesson.is_exact`."""
     if kind == "image":
         return 1 / 255 if exact else 0.05
     return 1e-4 if exact else 0.1
@@ -95,7 +99,7 @@ def check_plan(cap: CapturedTransfer) -> Verdict:
 def check_guidance_split(cap: CapturedTransfer, limit: float | None = None) -> Verdict:
     """plain + g (injected - plain), as captured, gives the predicted x0 the transfer
     reported at every step."""
-    limit = 1e-4 if limit is None else limit
+    limit = limit_for(cap.exact) if limit is None else limit
     g = cap.guidance.reshape(-1, 1, 1, 1)
     out = cap.plain_out + g * (cap.injected_out - cap.plain_out)
     x0 = schedule.predicted_x0(out, cap.x_before, cap.coef, cap.prediction_type)
@@ -106,7 +110,7 @@ def check_guidance_split(cap: CapturedTransfer, limit: float | None = None) -> V
 def check_ddpm_pieces(cap: CapturedTransfer, limit: float | None = None) -> Verdict:
     """x0 term + direction term + noise term is the latent the transfer kept, at every
     step without AdaIN (AdaIN changes the latent after the step)."""
-    limit = 1e-4 if limit is None else limit
+    limit = limit_for(cap.exact) if limit is None else limit
     steps = [i for i in range(cap.plan.total) if not cap.event_adain[i]]
     if not steps:
         return Verdict("the DDPM step's three terms add up to the transfer's step", False,
