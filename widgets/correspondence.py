@@ -98,7 +98,7 @@ class CorrespondenceExplorer(DiftComputation, LabWidget):
                                     description="timestep", continuous_update=False)
         self.ensemble = W.IntSlider(value=ensemble, min=1, max=16, description="ensemble",
                                     continuous_update=False)
-        self._dift_controls()
+        self._compute_controls("Compute features")  # with Stop and a bar
         layers = recorded_layers(self.recorder) if self.recorder else []
         grids = getattr(self.recorder, "grids", {})
         self.layer = W.Dropdown(

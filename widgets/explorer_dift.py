@@ -26,10 +26,6 @@ class DiftComputation(BackgroundRun):
     state = "idle"
     error: BaseException | None = None
 
-    def _dift_controls(self) -> None:
-        """``compute_button`` ("Compute features"), ``stop_button`` and the ``progress`` bar."""
-        self._compute_controls("Compute features")
-
     def run(self, block: bool = False) -> bool:
         """What the compute button does: :meth:`compute_dift`; False if refused (the
         features of other settings are being computed)."""
