@@ -167,9 +167,10 @@ class TransferConfig:
         rec = self.recording
         idle = [s for s in rec.attention_steps if s >= n or not self.injects_at(s)]
         if rec.attention_layers and idle:
+            steps = self.steps()
             out.append(f"record_attention_steps {idle} are not injecting steps of {lead}, and "
                        "attention is recorded only where it is injected: pick steps from "
-                       f"{self.steps()['match'] + self.steps()['refresh']}")
+                       f"{steps['match'] + steps['refresh']}")
         return out
 
     def steps(self) -> dict[str, list[int]]:
